@@ -71,6 +71,8 @@ pub(crate) fn row_norms<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
 /// The detached per-row constants of `lambda R`, in the O(d) form
 /// `lambda R x = lambda x - (2 lambda r) (r.x) + (2 lambda q^) (e^.x)`.
 struct RotationConstants<B: Backend> {
+    /// `(q - e)` on straight-through fallback rows, 0 elsewhere.
+    fallback: Tensor<B, 2>,
     lambda: Tensor<B, 2>,
     r: Tensor<B, 2>,
     r_coef: Tensor<B, 2>,
@@ -84,6 +86,7 @@ impl<B: Backend> RotationConstants<B> {
         let q_norm = row_norms(q.clone());
         // 1 where the row can be rotated, 0 where ||e|| < eps (straight-through fallback).
         let keep = e_norm.clone().greater_equal_elem(NORM_EPS).float();
+        let fallback = (q.clone() - e.clone()) * (keep.clone().neg() + 1.0);
         let inv_e = e_norm.clamp_min(NORM_EPS).recip();
         let e_hat = e * inv_e.clone() * keep.clone();
         let q_hat = q * q_norm.clone().clamp_min(NORM_EPS).recip();
@@ -98,6 +101,7 @@ impl<B: Backend> RotationConstants<B> {
         let r_coef = r.clone() * lambda.clone() * 2.0;
         let q_coef = q_hat * lambda.clone() * 2.0;
         Self {
+            fallback,
             lambda,
             r,
             r_coef,
@@ -110,6 +114,6 @@ impl<B: Backend> RotationConstants<B> {
     fn transform(self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let along_r = (x.clone() * self.r).sum_dim(1);
         let along_e = (x.clone() * self.e_hat).sum_dim(1);
-        x * self.lambda - self.r_coef * along_r + self.q_coef * along_e
+        x * self.lambda - self.r_coef * along_r + self.q_coef * along_e + self.fallback
     }
 }
