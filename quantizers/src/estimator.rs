@@ -14,7 +14,7 @@
 //!
 //! # Degenerate vectors (no NaN, ever)
 //! * `e` antiparallel to `q` (`e^ = -q^`): the rotation plane is undefined and `e^ + q^ = 0`.
-//!   The norm is clamped at [`NORM_EPS`], so `r = 0` and `R = I + 2 q^ e^^T = I - 2 q^ q^^T`, the
+//!   When `||e^ + q^|| < 1e-3`, `r = 0` and `R = I + 2 q^ e^^T = I - 2 q^ q^^T`, the
 //!   reflection across the hyperplane orthogonal to `q`. It still maps `e^` to `q^`, preserves
 //!   norms and angles, and the forward value is still `q` (same as vector-quantize-pytorch).
 //! * `||e|| < NORM_EPS`: the direction of `e` is meaningless and `lambda` would explode; the row
@@ -27,6 +27,11 @@ use serde::{Deserialize, Serialize};
 
 /// Norms below this are treated as zero (the clamp of vector-quantize-pytorch's `safe_div`).
 pub const NORM_EPS: f32 = 1e-6;
+
+/// `||e^ + q^||` below this counts as antiparallel: `r = 0` (reflection). Closer to antiparallel
+/// than this, f32 rounding in `e^ + q^` (~1e-7) would dominate the direction of `r`; above it
+/// `r` is accurate to ~1e-4 and normalized exactly, so `R` stays orthogonal.
+pub(crate) const ANTIPARALLEL_EPS: f32 = 1e-3;
 
 /// Which gradient estimator carries gradients through the quantizer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -50,17 +55,24 @@ impl Estimator {
         let q = q.detach();
         match self {
             Estimator::Ste => x.clone() + (q - x).detach(),
-            Estimator::Rotation => {
-                let c = RotationConstants::new(x.clone().detach(), q, true);
-                c.transform(x)
-            }
-            Estimator::RotationUnscaled => {
-                let c = RotationConstants::new(x.clone().detach(), q.clone(), false);
-                let rotated = c.transform(x);
-                rotated.clone() + (q - rotated).detach()
+            Estimator::Rotation | Estimator::RotationUnscaled => {
+                let scaled = self == Estimator::Rotation;
+                match crate::cpu_rotation::try_rotation(x, q, scaled) {
+                    Ok(fused) => fused,
+                    Err((x, q)) => generic_rotation(x, q, scaled),
+                }
             }
         }
     }
+}
+
+/// The rotation from generic tensor operations (any backend): `L(x) + sg(q - L(x))` with
+/// `L = sg(lambda R)`, so the value is `q` whatever the rounding of `L(x)`, and the Jacobian is
+/// `lambda R` (identity on straight-through fallback rows).
+pub(crate) fn generic_rotation<B: Backend>(x: Tensor<B, 2>, q: Tensor<B, 2>, scaled: bool) -> Tensor<B, 2> {
+    let c = RotationConstants::new(x.clone().detach(), q.clone(), scaled);
+    let rotated = c.transform(x);
+    rotated.clone() + (q - rotated).detach()
 }
 
 /// Row norms `[N, 1]` of a `[N, D]` tensor.
@@ -71,8 +83,6 @@ pub(crate) fn row_norms<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
 /// The detached per-row constants of `lambda R`, in the O(d) form
 /// `lambda R x = lambda x - (2 lambda r) (r.x) + (2 lambda q^) (e^.x)`.
 struct RotationConstants<B: Backend> {
-    /// `(q - e)` on straight-through fallback rows, 0 elsewhere.
-    fallback: Tensor<B, 2>,
     lambda: Tensor<B, 2>,
     r: Tensor<B, 2>,
     r_coef: Tensor<B, 2>,
@@ -86,12 +96,13 @@ impl<B: Backend> RotationConstants<B> {
         let q_norm = row_norms(q.clone());
         // 1 where the row can be rotated, 0 where ||e|| < eps (straight-through fallback).
         let keep = e_norm.clone().greater_equal_elem(NORM_EPS).float();
-        let fallback = (q.clone() - e.clone()) * (keep.clone().neg() + 1.0);
         let inv_e = e_norm.clamp_min(NORM_EPS).recip();
         let e_hat = e * inv_e.clone() * keep.clone();
         let q_hat = q * q_norm.clone().clamp_min(NORM_EPS).recip();
         let s = e_hat.clone() + q_hat.clone();
-        let r = s.clone() * row_norms(s).clamp_min(NORM_EPS).recip() * keep.clone();
+        let s_norm = row_norms(s.clone());
+        let s_keep = s_norm.clone().greater_equal_elem(ANTIPARALLEL_EPS).float();
+        let r = s * s_norm.clamp_min(ANTIPARALLEL_EPS).recip() * s_keep * keep.clone();
         let lambda = if scaled {
             // lambda = ||q||/||e|| on rotated rows, 1 on fallback rows.
             q_norm * inv_e * keep.clone() + (keep.neg() + 1.0)
@@ -101,7 +112,6 @@ impl<B: Backend> RotationConstants<B> {
         let r_coef = r.clone() * lambda.clone() * 2.0;
         let q_coef = q_hat * lambda.clone() * 2.0;
         Self {
-            fallback,
             lambda,
             r,
             r_coef,
@@ -114,6 +124,6 @@ impl<B: Backend> RotationConstants<B> {
     fn transform(self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let along_r = (x.clone() * self.r).sum_dim(1);
         let along_e = (x.clone() * self.e_hat).sum_dim(1);
-        x * self.lambda - self.r_coef * along_r + self.q_coef * along_e + self.fallback
+        x * self.lambda - self.r_coef * along_r + self.q_coef * along_e
     }
 }

@@ -18,6 +18,7 @@
 
 mod any;
 mod config;
+mod cpu_rotation;
 mod error;
 mod estimator;
 mod fsq;
