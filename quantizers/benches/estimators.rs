@@ -55,9 +55,15 @@ fn main() {
         step(&ste, &x, &g);
         step(&rot, &x, &g);
         let (mut ts, mut tr) = (Vec::new(), Vec::new());
-        for _ in 0..reps {
-            ts.push(step(&ste, &x, &g));
-            tr.push(step(&rot, &x, &g));
+        for rep in 0..reps {
+            // Alternate which estimator goes first so drift on a shared machine hits both.
+            if rep % 2 == 0 {
+                ts.push(step(&ste, &x, &g));
+                tr.push(step(&rot, &x, &g));
+            } else {
+                tr.push(step(&rot, &x, &g));
+                ts.push(step(&ste, &x, &g));
+            }
         }
         let (s, r) = (median(ts), median(tr));
         println!(

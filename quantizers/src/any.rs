@@ -25,7 +25,6 @@ pub enum AnyQuantizer<B: Backend> {
     Residual(ResidualQuantizer<B>),
 }
 
-
 /// One level of a residual stack: any quantizer but another stack.
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)]

@@ -49,7 +49,10 @@ impl ResidualConfig {
     /// The levels after expanding `depth`.
     pub fn expanded(&self) -> Result<Vec<QuantizerConfig>, QuantizerError> {
         match (self.depth, self.layers.as_slice()) {
-            (None, []) => Err(QuantizerError::config("layers", "a residual stack needs at least one layer")),
+            (None, []) => Err(QuantizerError::config(
+                "layers",
+                "a residual stack needs at least one layer",
+            )),
             (None, layers) => Ok(layers.to_vec()),
             (Some(0), _) => Err(QuantizerError::config("depth", "must be at least 1")),
             (Some(depth), [one]) => Ok((0..depth)

@@ -49,7 +49,9 @@ pub(crate) fn try_rotation<B: Backend>(
         Err(other) => return Err((*other.downcast::<Tensor<B, 2>>().expect("same type"), q)),
     };
     let q: Box<dyn Any> = Box::new(q);
-    let q = *q.downcast::<Tensor<Cpu, 2>>().expect("x and q share a backend");
+    let q = *q
+        .downcast::<Tensor<Cpu, 2>>()
+        .expect("x and q share a backend");
     let out: Box<dyn Any> = Box::new(rotation(x, q, scaled));
     Ok(*out.downcast::<Tensor<B, 2>>().expect("same type"))
 }
@@ -144,7 +146,11 @@ fn rotate_row(e: &[f32], q: &[f32], g: &[f32], out: &mut [f32], scaled: bool) {
     let s_sq = ee * inv_e * inv_e + 2.0 * eq * inv_e * inv_q + qq * inv_q * inv_q;
     let s_norm = s_sq.max(0.0).sqrt();
     // Antiparallel: r = 0 (reflection), as in the generic path.
-    let inv_s = if s_norm >= ANTIPARALLEL_EPS { 1.0 / s_norm } else { 0.0 };
+    let inv_s = if s_norm >= ANTIPARALLEL_EPS {
+        1.0 / s_norm
+    } else {
+        0.0
+    };
     let a = eg * inv_e; // e^.g
     let b = qg * inv_q; // q^.g
     let lambda = if scaled { nq * inv_e } else { 1.0 };
@@ -199,8 +205,14 @@ mod tests {
                 let (gv, gg) = run(false);
                 assert_eq!(fv, values(q.clone()), "fused forward is q exactly");
                 for (i, (a, b)) in fv.iter().zip(&gv).chain(fg.iter().zip(&gg)).enumerate() {
-                    assert!(a.is_finite() && b.is_finite(), "d={d} scaled={scaled} element {i}");
-                    assert!((a - b).abs() <= 1e-4 + 1e-3 * b.abs(), "d={d} scaled={scaled} element {i}: fused {a}, generic {b}");
+                    assert!(
+                        a.is_finite() && b.is_finite(),
+                        "d={d} scaled={scaled} element {i}"
+                    );
+                    assert!(
+                        (a - b).abs() <= 1e-4 + 1e-3 * b.abs(),
+                        "d={d} scaled={scaled} element {i}: fused {a}, generic {b}"
+                    );
                 }
             }
         }

@@ -34,3 +34,13 @@ impl QuantizerError {
         }
     }
 }
+
+/// `v >= 0` and not NaN.
+pub(crate) fn non_negative(v: f32) -> bool {
+    v >= 0.0
+}
+
+/// `v > 0` and not NaN.
+pub(crate) fn positive(v: f32) -> bool {
+    v > 0.0
+}

@@ -69,7 +69,11 @@ impl Estimator {
 /// The rotation from generic tensor operations (any backend): `L(x) + sg(q - L(x))` with
 /// `L = sg(lambda R)`, so the value is `q` whatever the rounding of `L(x)`, and the Jacobian is
 /// `lambda R` (identity on straight-through fallback rows).
-pub(crate) fn generic_rotation<B: Backend>(x: Tensor<B, 2>, q: Tensor<B, 2>, scaled: bool) -> Tensor<B, 2> {
+pub(crate) fn generic_rotation<B: Backend>(
+    x: Tensor<B, 2>,
+    q: Tensor<B, 2>,
+    scaled: bool,
+) -> Tensor<B, 2> {
     let c = RotationConstants::new(x.clone().detach(), q.clone(), scaled);
     let rotated = c.transform(x);
     rotated.clone() + (q - rotated).detach()

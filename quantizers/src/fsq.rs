@@ -30,7 +30,10 @@ impl FsqConfig {
     /// Checks the levels; the error names the key.
     pub fn validate(&self) -> Result<(), QuantizerError> {
         if self.levels.is_empty() {
-            return Err(QuantizerError::config("levels", "needs at least one channel"));
+            return Err(QuantizerError::config(
+                "levels",
+                "needs at least one channel",
+            ));
         }
         if let Some(l) = self.levels.iter().find(|l| **l < 2) {
             return Err(QuantizerError::config(
@@ -38,7 +41,10 @@ impl FsqConfig {
                 format!("every channel needs at least 2 levels, got {l}"),
             ));
         }
-        let size = self.levels.iter().try_fold(1u64, |acc, l| acc.checked_mul(*l as u64));
+        let size = self
+            .levels
+            .iter()
+            .try_fold(1u64, |acc, l| acc.checked_mul(*l as u64));
         match size {
             Some(s) if s <= (1 << 24) => Ok(()),
             _ => Err(QuantizerError::config(
@@ -57,7 +63,7 @@ impl FsqConfig {
             Tensor::<B, 2>::from_data(TensorData::new(v, [1, d]), device)
         };
         let half_width = |l: u32| (l - 1) as f32 * (1.0 + 1e-3) / 2.0;
-        let offset = |l: u32| if l % 2 == 0 { 0.5 } else { 0.0 };
+        let offset = |l: u32| if l.is_multiple_of(2) { 0.5 } else { 0.0 };
         let mut basis = Vec::with_capacity(d);
         let mut acc = 1.0f32;
         for l in &self.levels {
@@ -74,7 +80,10 @@ impl FsqConfig {
                 device,
             ),
             levels_int: Tensor::from_data(
-                TensorData::new(self.levels.iter().map(|l| *l as i64).collect::<Vec<_>>(), [1, d]),
+                TensorData::new(
+                    self.levels.iter().map(|l| *l as i64).collect::<Vec<_>>(),
+                    [1, d],
+                ),
                 device,
             ),
             basis: Tensor::from_data(TensorData::new(basis, [1, d]), device),
@@ -106,7 +115,8 @@ impl<B: Backend> Fsq<B> {
 
     /// `[N, d]` codes in `[-1, 1]`, straight-through through the rounding.
     fn codes(&self, z: Tensor<B, 2>) -> Tensor<B, 2> {
-        let bounded = (z + self.shift.clone()).tanh() * self.half_width.clone() - self.offset.clone();
+        let bounded =
+            (z + self.shift.clone()).tanh() * self.half_width.clone() - self.offset.clone();
         let rounded = bounded.clone() + (bounded.clone().round() - bounded).detach();
         rounded / self.half_levels.clone()
     }
@@ -114,7 +124,11 @@ impl<B: Backend> Fsq<B> {
     fn indices_of(&self, codes: Tensor<B, 2>) -> Tensor<B, 1, Int> {
         let [n, _] = codes.dims();
         let level = codes.detach() * self.half_levels.clone() + self.half_levels.clone();
-        (level * self.basis.clone()).sum_dim(1).round().int().reshape([n])
+        (level * self.basis.clone())
+            .sum_dim(1)
+            .round()
+            .int()
+            .reshape([n])
     }
 }
 
@@ -129,7 +143,12 @@ impl<B: Backend> Quantizer<B> for Fsq<B> {
 
     fn quantize(&self, latents: Tensor<B, 2>, mode: Mode) -> QuantOut<B> {
         let [n, d] = latents.dims();
-        assert_eq!(d, self.input_dim(), "FSQ expects {} channels, got {d}", self.input_dim());
+        assert_eq!(
+            d,
+            self.input_dim(),
+            "FSQ expects {} channels, got {d}",
+            self.input_dim()
+        );
         let codes = self.codes(latents.clone());
         let idx = self.indices_of(codes.clone());
         let sq_err = (latents.detach() - codes.clone().detach())
@@ -159,7 +178,9 @@ impl<B: Backend> Quantizer<B> for Fsq<B> {
         if stats.is_empty() {
             Ok(StatsReport::default())
         } else {
-            Err(QuantizerError::StatsMismatch("FSQ takes no EMA statistics".into()))
+            Err(QuantizerError::StatsMismatch(
+                "FSQ takes no EMA statistics".into(),
+            ))
         }
     }
 

@@ -4,7 +4,12 @@
 
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData, backend::Backend};
 
-use crate::{Distance, QuantRng, init::{l2_normalize, sample_rows}, search::nearest, vq::histogram};
+use crate::{
+    Distance, QuantRng,
+    init::{l2_normalize, sample_rows},
+    search::nearest,
+    vq::histogram,
+};
 
 /// Returns `(means [K, d], bins [K])`: cluster centers and their sizes after `iters` iterations.
 pub(crate) fn kmeans<B: Backend>(

@@ -17,7 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     BatchEntropy, EmaStats, LossTerm, Mode, QuantOut, QuantRng, Quantizer, QuantizerError,
-    StatsReport, Usage, quantizer::entropy, search::rows_per_block, vq::histogram,
+    StatsReport, Usage,
+    error::{non_negative, positive},
+    quantizer::entropy,
+    search::rows_per_block,
+    vq::histogram,
 };
 
 /// Largest `D` (bits) for which the entropy loss is computed (2^20 codes per row block).
@@ -88,15 +92,18 @@ impl LfqConfig {
             ("commitment_loss_weight", self.commitment_loss_weight),
             ("diversity_gamma", self.diversity_gamma),
         ] {
-            if !(v >= 0.0) {
-                return Err(QuantizerError::config(key, format!("must be >= 0, got {v}")));
+            if !non_negative(v) {
+                return Err(QuantizerError::config(
+                    key,
+                    format!("must be >= 0, got {v}"),
+                ));
             }
         }
         for (key, v) in [
             ("inv_temperature", self.inv_temperature),
             ("codebook_scale", self.codebook_scale),
         ] {
-            if !(v > 0.0) {
+            if !positive(v) {
                 return Err(QuantizerError::config(key, format!("must be > 0, got {v}")));
             }
         }
@@ -187,11 +194,17 @@ impl<B: Backend> Quantizer<B> for Lfq<B> {
 
     fn quantize(&self, latents: Tensor<B, 2>, mode: Mode) -> QuantOut<B> {
         let [n, d] = latents.dims();
-        assert_eq!(d, self.config.dim, "LFQ expects {} channels, got {d}", self.config.dim);
+        assert_eq!(
+            d, self.config.dim,
+            "LFQ expects {} channels, got {d}",
+            self.config.dim
+        );
         let s = self.config.codebook_scale;
         let positive = latents.clone().detach().greater_elem(0.0);
         let q = positive.clone().float() * (2.0 * s) - s;
-        let idx = (positive.int() * self.bit_values.clone()).sum_dim(1).reshape([n]);
+        let idx = (positive.int() * self.bit_values.clone())
+            .sum_dim(1)
+            .reshape([n]);
         let sq_err = (latents.clone().detach() - q.clone())
             .powi_scalar(2)
             .sum_dim(1)
@@ -246,7 +259,9 @@ impl<B: Backend> Quantizer<B> for Lfq<B> {
         if stats.is_empty() {
             Ok(StatsReport::default())
         } else {
-            Err(QuantizerError::StatsMismatch("LFQ takes no EMA statistics".into()))
+            Err(QuantizerError::StatsMismatch(
+                "LFQ takes no EMA statistics".into(),
+            ))
         }
     }
 

@@ -40,7 +40,10 @@ pub fn unflatten_tokens<B: Backend>(rows: Tensor<B, 2>, [b, n]: [usize; 2]) -> T
 }
 
 /// Indices `[B*H*W, L]` -> `[B, L, H, W]` (one map per level).
-pub fn index_map<B: Backend>(indices: Tensor<B, 2, Int>, [b, h, w]: [usize; 3]) -> Tensor<B, 4, Int> {
+pub fn index_map<B: Backend>(
+    indices: Tensor<B, 2, Int>,
+    [b, h, w]: [usize; 3],
+) -> Tensor<B, 4, Int> {
     let [_, l] = indices.dims();
     indices.reshape([b, h, w, l]).permute([0, 3, 1, 2])
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Distance, EmaStats, Estimator, LossTerm, Mode, QuantOut, QuantRng, Quantizer, QuantizerError,
     StatsReport, Usage,
+    error::{non_negative, positive},
     init::{l2_normalize, linear, sample_rows, uniform},
     kmeans::kmeans,
     search::nearest,
@@ -151,7 +152,10 @@ impl VqConfig {
             return Err(QuantizerError::config("dim", "must be at least 1"));
         }
         if self.codebook_size < 1 {
-            return Err(QuantizerError::config("codebook_size", "must be at least 1"));
+            return Err(QuantizerError::config(
+                "codebook_size",
+                "must be at least 1",
+            ));
         }
         if self.codebook_dim == Some(0) {
             return Err(QuantizerError::config(
@@ -171,13 +175,13 @@ impl VqConfig {
                         format!("must be in [0, 1), got {decay}"),
                     ));
                 }
-                if !(*eps > 0.0) {
+                if !positive(*eps) {
                     return Err(QuantizerError::config(
                         "codebook.eps",
                         format!("must be > 0, got {eps}"),
                     ));
                 }
-                if !(*init_cluster_size >= 0.0) {
+                if !non_negative(*init_cluster_size) {
                     return Err(QuantizerError::config(
                         "codebook.init_cluster_size",
                         format!("must be >= 0, got {init_cluster_size}"),
@@ -185,7 +189,7 @@ impl VqConfig {
                 }
             }
             CodebookLearning::Learnable { beta, .. } => {
-                if !(*beta >= 0.0) {
+                if !non_negative(*beta) {
                     return Err(QuantizerError::config(
                         "codebook.beta",
                         format!("must be >= 0, got {beta}"),
@@ -199,13 +203,13 @@ impl VqConfig {
                 }
             }
         }
-        if !(self.commitment_weight >= 0.0) {
+        if !non_negative(self.commitment_weight) {
             return Err(QuantizerError::config(
                 "commitment_weight",
                 format!("must be >= 0, got {}", self.commitment_weight),
             ));
         }
-        if !(self.dead_code_threshold >= 0.0) {
+        if !non_negative(self.dead_code_threshold) {
             return Err(QuantizerError::config(
                 "dead_code_threshold",
                 format!("must be >= 0, got {}", self.dead_code_threshold),
@@ -218,7 +222,10 @@ impl VqConfig {
     }
 
     /// Builds the quantizer on `device`.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<VectorQuantizer<B>, QuantizerError> {
+    pub fn init<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<VectorQuantizer<B>, QuantizerError> {
         self.validate()?;
         let k = self.codebook_size;
         let d = self.code_dim();
@@ -255,7 +262,11 @@ impl VqConfig {
             embed_avg: constant(codebook.val().detach()),
             codebook,
             cluster_size: constant(Tensor::full([k], init_n, device)),
-            initialized: constant(Tensor::full([1], if self.kmeans_init { 0.0 } else { 1.0 }, device)),
+            initialized: constant(Tensor::full(
+                [1],
+                if self.kmeans_init { 0.0 } else { 1.0 },
+                device,
+            )),
             project_in,
             project_out,
             config: self.clone(),
@@ -324,7 +335,7 @@ impl<B: Backend> VectorQuantizer<B> {
         }
     }
 
-    fn from_lookup_space(&self, q: Tensor<B, 2>) -> Tensor<B, 2> {
+    fn project_back(&self, q: Tensor<B, 2>) -> Tensor<B, 2> {
         match &self.project_out {
             Some(p) => p.forward(q),
             None => q,
@@ -360,7 +371,8 @@ impl<B: Backend> Quantizer<B> for VectorQuantizer<B> {
     fn quantize(&self, latents: Tensor<B, 2>, mode: Mode) -> QuantOut<B> {
         let [n, dim] = latents.dims();
         assert_eq!(
-            dim, self.config.dim,
+            dim,
+            self.config.dim,
             "{}",
             QuantizerError::DimMismatch {
                 expected: self.config.dim,
@@ -375,13 +387,16 @@ impl<B: Backend> Quantizer<B> for VectorQuantizer<B> {
         let q_const = q.clone().detach();
         let x_const = x.clone().detach();
         let counts = histogram(idx.clone(), k);
-        let sq_err = (x_const.clone() - q_const.clone()).powi_scalar(2).sum_dim(1).reshape([n]);
+        let sq_err = (x_const.clone() - q_const.clone())
+            .powi_scalar(2)
+            .sum_dim(1)
+            .reshape([n]);
         let usage = Usage::from_counts(counts.clone(), sq_err);
         let indices = idx.clone().reshape([n, 1]);
 
         if mode == Mode::Eval {
             return QuantOut {
-                quantized: self.from_lookup_space(q_const),
+                quantized: self.project_back(q_const),
                 indices,
                 losses: Vec::new(),
                 batch_entropy: Vec::new(),
@@ -427,7 +442,7 @@ impl<B: Backend> Quantizer<B> for VectorQuantizer<B> {
             }
         }
         QuantOut {
-            quantized: self.from_lookup_space(quantized),
+            quantized: self.project_back(quantized),
             indices,
             losses,
             batch_entropy: Vec::new(),
@@ -495,10 +510,13 @@ impl<B: Backend> Quantizer<B> for VectorQuantizer<B> {
             if !dead.is_empty() && available > 0 {
                 let device = codebook.device();
                 let rows = sample_rows(available, dead.len(), rng);
-                let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [dead.len()]), &device);
+                let rows =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [dead.len()]), &device);
                 let samples = candidates.select(0, rows);
-                let dead_idx =
-                    Tensor::<B, 1, Int>::from_data(TensorData::new(dead.clone(), [dead.len()]), &device);
+                let dead_idx = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(dead.clone(), [dead.len()]),
+                    &device,
+                );
                 let mask = histogram(dead_idx.clone(), k).reshape([k, 1]); // 1 on dead codes
                 let keep = mask.clone().neg() + 1.0;
                 let placed = Tensor::<B, 2>::zeros([k, d], &device).select_assign(
@@ -522,18 +540,15 @@ impl<B: Backend> Quantizer<B> for VectorQuantizer<B> {
 
     fn decode(&self, indices: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         let [n, _] = indices.dims();
-        let q = self.codes().detach().select(0, indices.narrow(1, 0, 1).reshape([n]));
-        self.from_lookup_space(q)
+        let q = self
+            .codes()
+            .detach()
+            .select(0, indices.narrow(1, 0, 1).reshape([n]));
+        self.project_back(q)
     }
 
     fn needs_init(&self) -> bool {
-        self.config.kmeans_init
-            && self
-                .initialized
-                .val()
-                .into_scalar()
-                .elem::<f32>()
-                < 0.5
+        self.config.kmeans_init && self.initialized.val().into_scalar().elem::<f32>() < 0.5
     }
 
     fn init_from_batch(&mut self, latents: Tensor<B, 2>, rng: &mut QuantRng) {
@@ -546,7 +561,10 @@ impl<B: Backend> Quantizer<B> for VectorQuantizer<B> {
             rng,
         );
         let [k] = bins.dims();
-        replace(&mut self.embed_avg, means.clone() * bins.clone().reshape([k, 1]));
+        replace(
+            &mut self.embed_avg,
+            means.clone() * bins.clone().reshape([k, 1]),
+        );
         replace(&mut self.cluster_size, bins);
         if self.is_learnable() {
             self.codebook = Param::initialized(self.codebook.id, means.detach().require_grad());

@@ -5,7 +5,10 @@
 
 mod common;
 
-use std::{collections::HashMap, path::{Path, PathBuf}};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use burn::{
     module::{Param, ParamId},
@@ -31,7 +34,8 @@ struct Case {
 impl Case {
     fn load(path: &Path) -> Result<Self, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format!("bad header: {e}"))?;
+        let (_, header) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| format!("bad header: {e}"))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("bad file: {e}"))?;
         let mut floats = HashMap::new();
@@ -40,11 +44,17 @@ impl Case {
             let data = view.data();
             match view.dtype() {
                 Dtype::F32 => {
-                    let v = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                    let v = data
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect();
                     floats.insert(name, (v, view.shape().to_vec()));
                 }
                 Dtype::I64 => {
-                    let v = data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+                    let v = data
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect();
                     ints.insert(name, v);
                 }
                 other => return Err(format!("tensor {name}: unsupported dtype {other:?}")),
@@ -54,25 +64,38 @@ impl Case {
     }
 
     fn meta(&self, key: &str) -> Result<&str, String> {
-        self.meta.get(key).map(String::as_str).ok_or_else(|| format!("metadata `{key}` missing"))
+        self.meta
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| format!("metadata `{key}` missing"))
     }
 
     fn meta_f32(&self, key: &str) -> Result<f32, String> {
-        self.meta(key)?.parse().map_err(|e| format!("metadata `{key}`: {e}"))
+        self.meta(key)?
+            .parse()
+            .map_err(|e| format!("metadata `{key}`: {e}"))
     }
 
     fn f(&self, name: &str) -> Result<&(Vec<f32>, Vec<usize>), String> {
-        self.floats.get(name).ok_or_else(|| format!("tensor `{name}` missing"))
+        self.floats
+            .get(name)
+            .ok_or_else(|| format!("tensor `{name}` missing"))
     }
 
     fn t1(&self, name: &str) -> Result<Tensor<B, 1>, String> {
         let (v, s) = self.f(name)?;
-        Ok(Tensor::from_data(TensorData::new(v.clone(), [s[0]]), &device()))
+        Ok(Tensor::from_data(
+            TensorData::new(v.clone(), [s[0]]),
+            &device(),
+        ))
     }
 
     fn t2(&self, name: &str) -> Result<Tensor<B, 2>, String> {
         let (v, s) = self.f(name)?;
-        Ok(Tensor::from_data(TensorData::new(v.clone(), [s[0], s[1]]), &device()))
+        Ok(Tensor::from_data(
+            TensorData::new(v.clone(), [s[0], s[1]]),
+            &device(),
+        ))
     }
 
     fn want(&self, name: &str) -> Result<&[f32], String> {
@@ -80,7 +103,10 @@ impl Case {
     }
 
     fn want_indices(&self) -> Result<&[i64], String> {
-        self.ints.get("indices").map(Vec::as_slice).ok_or_else(|| "tensor `indices` missing".to_string())
+        self.ints
+            .get("indices")
+            .map(Vec::as_slice)
+            .ok_or_else(|| "tensor `indices` missing".to_string())
     }
 }
 
@@ -91,11 +117,18 @@ fn close(name: &str, got: Vec<f32>, want: &[f32]) -> Result<(), String> {
 fn same_indices(got: Tensor<B, 2, Int>, want: &[i64]) -> Result<(), String> {
     let got = ints(got);
     if got.len() != want.len() {
-        return Err(format!("indices: {} values, want {}", got.len(), want.len()));
+        return Err(format!(
+            "indices: {} values, want {}",
+            got.len(),
+            want.len()
+        ));
     }
     match got.iter().zip(want).position(|(g, w)| g != w) {
         None => Ok(()),
-        Some(i) => Err(format!("indices: element {i}: got {}, want {}", got[i], want[i])),
+        Some(i) => Err(format!(
+            "indices: element {i}: got {}, want {}",
+            got[i], want[i]
+        )),
     }
 }
 
@@ -111,7 +144,9 @@ fn check_vq(case: &Case) -> Result<(), String> {
         "rotation_unscaled" => Estimator::RotationUnscaled,
         other => return Err(format!("unknown estimator `{other}`")),
     };
-    let commitment_weight = case.meta.get("commitment_weight").map_or(Ok(1.0), |v| v.parse().map_err(|e| format!("commitment_weight: {e}")))?;
+    let commitment_weight = case.meta.get("commitment_weight").map_or(Ok(1.0), |v| {
+        v.parse().map_err(|e| format!("commitment_weight: {e}"))
+    })?;
     let (_, cb_shape) = case.f("codebook")?;
     let mut cfg = VqConfig::new(cb_shape[1], cb_shape[0]);
     cfg.distance = distance;
@@ -139,10 +174,23 @@ fn check_vq(case: &Case) -> Result<(), String> {
     close("commit_loss", vec![commit], case.want("commit_loss")?)?;
 
     let mut rng = QuantRng::seed_from_u64(0);
-    vq.apply_stats(out.stats, &mut rng).map_err(|e| e.to_string())?;
-    close("new_cluster_size", floats(vq.cluster_size.val()), case.want("new_cluster_size")?)?;
-    close("new_embed_avg", floats(vq.embed_avg.val()), case.want("new_embed_avg")?)?;
-    close("new_codebook", floats(vq.codebook.val()), case.want("new_codebook")?)?;
+    vq.apply_stats(out.stats, &mut rng)
+        .map_err(|e| e.to_string())?;
+    close(
+        "new_cluster_size",
+        floats(vq.cluster_size.val()),
+        case.want("new_cluster_size")?,
+    )?;
+    close(
+        "new_embed_avg",
+        floats(vq.embed_avg.val()),
+        case.want("new_embed_avg")?,
+    )?;
+    close(
+        "new_codebook",
+        floats(vq.codebook.val()),
+        case.want("new_codebook")?,
+    )?;
     Ok(())
 }
 
@@ -159,36 +207,67 @@ fn check_lfq(case: &Case) -> Result<(), String> {
         commitment_loss_weight: case.meta_f32("commitment_loss_weight")?,
         diversity_gamma: case.meta_f32("diversity_gamma")?,
         inv_temperature: case.meta_f32("inv_temperature")?,
-        codebook_scale: case.meta.get("codebook_scale").map_or(Ok(1.0), |v| v.parse().map_err(|e| format!("codebook_scale: {e}")))?,
+        codebook_scale: case.meta.get("codebook_scale").map_or(Ok(1.0), |v| {
+            v.parse().map_err(|e| format!("codebook_scale: {e}"))
+        })?,
     };
     let lfq = AnyQuantizer::Lfq(cfg.init::<B>(&device()).map_err(|e| e.to_string())?);
     let x = case.t2("x")?.require_grad();
     let out = lfq.quantize(x.clone(), Mode::Train);
     same_indices(out.indices.clone(), case.want_indices()?)?;
     close("q", floats(out.quantized.clone()), case.want("q")?)?;
-    let per_sample = out.loss_value("per_sample_entropy").ok_or("no per-sample entropy")? / cfg.entropy_loss_weight;
-    close("per_sample_entropy", vec![per_sample], case.want("per_sample_entropy")?)?;
+    let per_sample = out
+        .loss_value("per_sample_entropy")
+        .ok_or("no per-sample entropy")?
+        / cfg.entropy_loss_weight;
+    close(
+        "per_sample_entropy",
+        vec![per_sample],
+        case.want("per_sample_entropy")?,
+    )?;
     let be = out.batch_entropy.first().ok_or("no batch entropy term")?;
     let batch = floats(be.loss_local())[0] / -be.weight;
     close("batch_entropy", vec![batch], case.want("batch_entropy")?)?;
-    let commitment = out.loss_value("commitment").ok_or("no commitment")? / cfg.commitment_loss_weight;
+    let commitment =
+        out.loss_value("commitment").ok_or("no commitment")? / cfg.commitment_loss_weight;
     close("commitment", vec![commitment], case.want("commitment")?)?;
     close("aux_loss", floats(out.loss()), case.want("aux_loss")?)?;
-    let grads = (out.quantized.clone() * case.t2("upstream_grad")?).sum().backward();
-    close("grad_x", floats(x.grad(&grads).ok_or("no gradient reached x")?), case.want("grad_x")?)?;
+    let grads = (out.quantized.clone() * case.t2("upstream_grad")?)
+        .sum()
+        .backward();
+    close(
+        "grad_x",
+        floats(x.grad(&grads).ok_or("no gradient reached x")?),
+        case.want("grad_x")?,
+    )?;
     Ok(())
 }
 
 fn check_fsq(case: &Case) -> Result<(), String> {
-    let levels: Vec<u32> = serde_json::from_str(case.meta("levels")?).map_err(|e| format!("levels: {e}"))?;
-    let fsq = AnyQuantizer::Fsq(FsqConfig { levels }.init::<B>(&device()).map_err(|e| e.to_string())?);
+    let levels: Vec<u32> =
+        serde_json::from_str(case.meta("levels")?).map_err(|e| format!("levels: {e}"))?;
+    let fsq = AnyQuantizer::Fsq(
+        FsqConfig { levels }
+            .init::<B>(&device())
+            .map_err(|e| e.to_string())?,
+    );
     let z = case.t2("z")?.require_grad();
     let out = fsq.quantize(z.clone(), Mode::Train);
     same_indices(out.indices.clone(), case.want_indices()?)?;
     close("codes", floats(out.quantized.clone()), case.want("codes")?)?;
-    let grads = (out.quantized.clone() * case.t2("upstream_grad")?).sum().backward();
-    close("grad_z", floats(z.grad(&grads).ok_or("no gradient reached z")?), case.want("grad_z")?)?;
-    close("codes_from_indices", floats(fsq.decode(out.indices)), case.want("codes_from_indices")?)?;
+    let grads = (out.quantized.clone() * case.t2("upstream_grad")?)
+        .sum()
+        .backward();
+    close(
+        "grad_z",
+        floats(z.grad(&grads).ok_or("no gradient reached z")?),
+        case.want("grad_z")?,
+    )?;
+    close(
+        "codes_from_indices",
+        floats(fsq.decode(out.indices)),
+        case.want("codes_from_indices")?,
+    )?;
     Ok(())
 }
 
@@ -220,7 +299,11 @@ fn golden_cases_match_reference() {
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     paths.sort();
-    assert!(!paths.is_empty(), "no *.safetensors cases in {}", dir.display());
+    assert!(
+        !paths.is_empty(),
+        "no *.safetensors cases in {}",
+        dir.display()
+    );
     let mut failures = Vec::new();
     for path in &paths {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
@@ -232,8 +315,17 @@ fn golden_cases_match_reference() {
             }
         }
     }
-    println!("golden: checked {} cases in {}, {} failed", paths.len(), dir.display(), failures.len());
-    assert!(failures.is_empty(), "golden failures:\n{}", failures.join("\n"));
+    println!(
+        "golden: checked {} cases in {}, {} failed",
+        paths.len(),
+        dir.display(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "golden failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// Rewrites a case's metadata (same tensors) into `dir`, returning the new path.
@@ -244,7 +336,11 @@ fn rewrite_case(src: &Path, dir: &Path, edit: impl Fn(&mut HashMap<String, Strin
     edit(&mut meta);
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let tensors = st.tensors();
-    let out = safetensors::serialize(tensors.iter().map(|(n, v)| (n.clone(), v.clone())), Some(meta)).unwrap();
+    let out = safetensors::serialize(
+        tensors.iter().map(|(n, v)| (n.clone(), v.clone())),
+        Some(meta),
+    )
+    .unwrap();
     let path = dir.join(src.file_name().unwrap());
     std::fs::write(&path, out).unwrap();
     path
@@ -252,7 +348,8 @@ fn rewrite_case(src: &Path, dir: &Path, edit: impl Fn(&mut HashMap<String, Strin
 
 #[test]
 fn golden_checker_rejects_wrong_estimator_and_unknown_kind() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/vq_euclidean_rotation_d32_k64.safetensors");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/vq_euclidean_rotation_d32_k64.safetensors");
     let dir = std::env::temp_dir().join(format!("rotor-golden-neg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let wrong = rewrite_case(&src, &dir, |m| {

@@ -10,11 +10,17 @@ pub fn device() -> burn::tensor::Device<B> {
 }
 
 pub fn floats<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data")
 }
 
 pub fn ints<Bk: Backend, const D: usize>(t: Tensor<Bk, D, Int>) -> Vec<i64> {
-    t.into_data().convert::<i64>().to_vec::<i64>().expect("i64 data")
+    t.into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .expect("i64 data")
 }
 
 pub fn tensor2(values: Vec<f32>, shape: [usize; 2]) -> Tensor<B, 2> {
@@ -22,14 +28,21 @@ pub fn tensor2(values: Vec<f32>, shape: [usize; 2]) -> Tensor<B, 2> {
 }
 
 /// `|got - want| <= atol + rtol * |want|` elementwise; the error names the worst element.
-pub fn check_close(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<(), String> {
+pub fn check_close(
+    name: &str,
+    got: &[f32],
+    want: &[f32],
+    atol: f32,
+    rtol: f32,
+) -> Result<(), String> {
     if got.len() != want.len() {
         return Err(format!("{name}: {} values, want {}", got.len(), want.len()));
     }
     let mut worst: Option<(usize, f32)> = None;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let excess = (g - w).abs() - (atol + rtol * w.abs());
-        if !(excess <= 0.0) && worst.is_none_or(|(_, e)| excess > e || excess.is_nan()) {
+        let within = excess <= 0.0; // false for NaN
+        if !within && worst.is_none_or(|(_, e)| excess > e || excess.is_nan()) {
             worst = Some((i, excess));
         }
     }
