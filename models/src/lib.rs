@@ -1,10 +1,36 @@
 //! # models
 //!
-//! The networks of rotor, built on the [`quantizers`] crate: taming-style convolutional
-//! encoder/decoder and the VQ model glue (quant_conv, any `Quantizer`, post_quant_conv), PatchGAN
-//! discriminator, LPIPS, ViT-VQGAN and video autoencoders, and weight import from PyTorch
-//! checkpoints. It knows nothing of files, processes or ranks.
+//! The networks of rotor's image experiments, in burn, bit-compatible with taming-transformers:
 //!
-//! Status: the quantizers are in place; the networks arrive with the models issue (#3).
+//! * [`Encoder`] / [`Decoder`]: taming's convolutional autoencoder ([`AutoencoderConfig`] is its
+//!   `ddconfig`), built from [`blocks`] (ResnetBlock, AttnBlock, Downsample, Upsample);
+//! * [`VqModel`]: encoder -> quant_conv -> any quantizer -> post_quant_conv -> decoder;
+//! * [`NLayerDiscriminator`]: the PatchGAN with PyTorch-exact BatchNorm or ActNorm ([`norm`]);
+//! * [`Lpips`]: the VGG16 perceptual distance, weights only from user-supplied files;
+//! * weight import/export under PyTorch names ([`StateDict`], [`weights`]): `.safetensors`,
+//!   `.pth`, `.ckpt`, with errors listing missing and unexpected keys.
+//!
+//! It knows nothing of files beyond weight files, of processes or of ranks.
 
+mod autoencoder_config;
+pub mod blocks;
+mod decoder;
+mod discriminator;
+mod encoder;
+mod error;
+mod lpips;
+pub mod norm;
+mod state_dict;
+mod vq_model;
+pub mod weights;
+
+pub use autoencoder_config::AutoencoderConfig;
+pub use decoder::{Decoder, UpLevel};
+pub use discriminator::{DiscBlock, DiscNorm, DiscNormKind, DiscriminatorConfig, NLayerDiscriminator};
+pub use encoder::{DownLevel, Encoder, Mid};
+pub use error::ModelError;
+pub use lpips::{LPIPS_CHANNELS, Lpips};
 pub use quantizers;
+pub use state_dict::{StateDict, TensorEntry};
+pub use vq_model::{Encoded, VqModel, VqModelConfig, VqOutput};
+pub use weights::{export_weights, load_weights, trainable_params};
