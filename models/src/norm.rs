@@ -60,10 +60,14 @@ impl<B: Backend> BatchNorm2d<B> {
             let (mean, var, n) = channel_stats(&x);
             let unbiased = var.clone().detach() * (n as f64 / (n.max(2) - 1) as f64);
             let m = self.momentum;
+            // update + value_sync: the new value is in place at once (visitors, export and
+            // checkpoints read it without synchronizing).
             self.running_mean
-                .update(self.running_mean.value() * (1.0 - m) + mean.clone().detach() * m);
+                .update(self.running_mean.value_sync() * (1.0 - m) + mean.clone().detach() * m);
             self.running_var
-                .update(self.running_var.value() * (1.0 - m) + unbiased * m);
+                .update(self.running_var.value_sync() * (1.0 - m) + unbiased * m);
+            self.running_mean.value_sync();
+            self.running_var.value_sync();
             (mean, var)
         } else {
             (self.running_mean.value(), self.running_var.value())

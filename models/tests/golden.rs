@@ -1,0 +1,214 @@
+//! Golden cases computed by taming-transformers' own modules with seeded random weights
+//! (`../shared/golden/models`, copied into `tests/golden/`): every `*.safetensors` case of the
+//! directory is checked, an unknown kind fails. `MODELS_GOLDEN_DIR` points at another directory.
+//! Floats within 1e-4 + 1e-3*|want| (deep float32 stacks).
+
+use std::path::{Path, PathBuf};
+
+use burn::{
+    backend::{Autodiff, Flex},
+    module::AutodiffModule,
+    tensor::{Tensor, TensorData, backend::Backend},
+};
+use models::{
+    AutoencoderConfig, Decoder, DiscNormKind, DiscriminatorConfig, Encoder, Lpips, StateDict,
+    load_weights, weights::TamingNaming,
+};
+
+type B = Autodiff<Flex>;
+const ATOL: f32 = 1e-4;
+const RTOL: f32 = 1e-3;
+
+fn golden_dir() -> PathBuf {
+    match std::env::var_os("MODELS_GOLDEN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden"),
+    }
+}
+
+struct Case {
+    dict: StateDict,
+    meta: std::collections::HashMap<String, String>,
+}
+
+impl Case {
+    fn load(path: &Path) -> Result<Self, String> {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| e.to_string())?;
+        Ok(Self {
+            meta: header.metadata().clone().unwrap_or_default(),
+            dict: StateDict::from_safetensors(&bytes)?,
+        })
+    }
+
+    fn meta(&self, key: &str) -> Result<&str, String> {
+        self.meta.get(key).map(String::as_str).ok_or_else(|| format!("metadata `{key}` missing"))
+    }
+
+    fn tensor<Bk: Backend>(&self, name: &str) -> Result<Tensor<Bk, 4>, String> {
+        let e = self.dict.get(name).ok_or_else(|| format!("tensor `{name}` missing"))?;
+        let s = &e.shape;
+        Ok(Tensor::from_data(TensorData::new(e.values.clone(), [s[0], s[1], s[2], s[3]]), &Default::default()))
+    }
+
+    fn want(&self, name: &str) -> Result<&[f32], String> {
+        Ok(&self.dict.get(name).ok_or_else(|| format!("tensor `{name}` missing"))?.values)
+    }
+}
+
+fn close<Bk: Backend, const D: usize>(name: &str, got: Tensor<Bk, D>, want: &[f32]) -> Result<(), String> {
+    let got = got.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    if got.len() != want.len() {
+        return Err(format!("{name}: {} values, want {}", got.len(), want.len()));
+    }
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = (g - w).abs() <= ATOL + RTOL * w.abs();
+        if !ok {
+            return Err(format!("{name}: element {i}: got {g}, want {w}"));
+        }
+    }
+    Ok(())
+}
+
+fn check_autoencoder(case: &Case) -> Result<(), String> {
+    let cfg: AutoencoderConfig = serde_json::from_str(case.meta("config")?).map_err(|e| format!("config: {e}"))?;
+    let device = Default::default();
+    let enc = Encoder::<Flex>::new(&cfg, &device).map_err(|e| e.to_string())?;
+    let enc = load_weights(enc, &case.dict.sub("encoder."), &TamingNaming).map_err(|e| e.to_string())?;
+    let dec = Decoder::<Flex>::new(&cfg, &device).map_err(|e| e.to_string())?;
+    let dec = load_weights(dec, &case.dict.sub("decoder."), &TamingNaming).map_err(|e| e.to_string())?;
+    close("encoded", enc.forward(case.tensor("input")?), case.want("encoded")?)?;
+    close("decoded", dec.forward(case.tensor("latent")?), case.want("decoded")?)?;
+    for (what, n, key) in [("encoder", models::trainable_params(&Encoder::<B>::new(&cfg, &device).unwrap()), "encoder_params"), ("decoder", models::trainable_params(&Decoder::<B>::new(&cfg, &device).unwrap()), "decoder_params")] {
+        let want: usize = case.meta(key)?.parse().map_err(|e| format!("{key}: {e}"))?;
+        if n != want {
+            return Err(format!("{what} has {n} parameters, taming {want}"));
+        }
+    }
+    Ok(())
+}
+
+fn check_patchgan(case: &Case) -> Result<(), String> {
+    let norm = match case.meta("norm")? {
+        "batchnorm" => DiscNormKind::Batch,
+        "actnorm" => DiscNormKind::Act,
+        other => return Err(format!("unknown norm `{other}`")),
+    };
+    let cfg = DiscriminatorConfig {
+        in_channels: 3,
+        ndf: case.meta("ndf")?.parse().map_err(|e| format!("ndf: {e}"))?,
+        n_layers: case.meta("n_layers")?.parse().map_err(|e| format!("n_layers: {e}"))?,
+        norm,
+        seed: 0,
+    };
+    let device = Default::default();
+    let disc = cfg.init::<B>(&device).map_err(|e| e.to_string())?;
+    // The stored running statistics are those AFTER the training forward: load the weights,
+    // reset the statistics to PyTorch's initial values, and let our training forward update them.
+    let mut start = case.dict.clone();
+    let after: Vec<(String, models::TensorEntry)> = case
+        .dict
+        .names()
+        .filter(|n| n.ends_with("running_mean") || n.ends_with("running_var"))
+        .map(|n| (n.to_string(), case.dict.get(n).unwrap().clone()))
+        .collect();
+    for (name, entry) in &after {
+        let fill = if name.ends_with("running_var") { 1.0 } else { 0.0 };
+        start.insert(name.clone(), models::TensorEntry { shape: entry.shape.clone(), values: vec![fill; entry.values.len()] });
+    }
+    let weights_only = start.without(&["input", "output_train", "output_eval"]);
+    let disc = disc.load_taming(&weights_only).map_err(|e| e.to_string())?;
+    let x = case.tensor::<B>("input")?;
+    if disc.needs_init() {
+        return Err("ActNorm golden cases are not produced by the reference script".into());
+    }
+    close("output_train", disc.forward(x.clone()), case.want("output_train")?)?;
+    let exported = disc.export_taming();
+    for (name, entry) in &after {
+        let got = exported.get(name).ok_or_else(|| format!("no `{name}` exported"))?;
+        close::<Flex, 1>(name, Tensor::from_data(TensorData::new(got.values.clone(), [got.values.len()]), &Default::default()), &entry.values)?;
+    }
+    let eval = disc.valid();
+    close("output_eval", eval.forward(x.inner()), case.want("output_eval")?)?;
+    if let Ok(p) = case.meta("params") {
+        let want: usize = p.parse().map_err(|e| format!("params: {e}"))?;
+        let n = models::trainable_params(&disc);
+        if n != want {
+            return Err(format!("discriminator has {n} parameters, taming {want}"));
+        }
+    }
+    Ok(())
+}
+
+fn check_lpips(case: &Case) -> Result<(), String> {
+    let device = Default::default();
+    let weights = case.dict.without(&["input_a", "input_b", "distance"]);
+    let lpips = Lpips::<Flex>::new(&device).load_taming(&weights).map_err(|e| e.to_string())?;
+    let d = lpips.forward(case.tensor("input_a")?, case.tensor("input_b")?);
+    close("distance", d, case.want("distance")?)
+}
+
+fn check_case(path: &Path) -> Result<String, String> {
+    let case = Case::load(path)?;
+    let kind = case.meta("kind")?.to_string();
+    match kind.as_str() {
+        "taming_autoencoder" => check_autoencoder(&case),
+        "patchgan" => check_patchgan(&case),
+        "lpips_vgg16" => check_lpips(&case),
+        other => Err(format!("unknown kind `{other}`: no checker for it")),
+    }?;
+    Ok(kind)
+}
+
+#[test]
+fn golden_models_match_taming() {
+    let dir = golden_dir();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no cases in {}", dir.display());
+    let mut failures = Vec::new();
+    for path in &paths {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        match check_case(path) {
+            Ok(kind) => println!("golden ok   {name} ({kind})"),
+            Err(e) => {
+                println!("golden FAIL {name}: {e}");
+                failures.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    println!("golden: checked {} model cases in {}, {} failed", paths.len(), dir.display(), failures.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn full_size_parameter_counts_match_taming() {
+    let path = golden_dir().join("param_counts.json");
+    let counts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let device = Default::default();
+    let mut checked = 0;
+    for (name, entry) in counts.as_object().unwrap() {
+        if let Some(cfg) = entry.get("config") {
+            let cfg: AutoencoderConfig = serde_json::from_value(cfg.clone()).unwrap();
+            let enc = models::trainable_params(&Encoder::<B>::new(&cfg, &device).unwrap());
+            let dec = models::trainable_params(&Decoder::<B>::new(&cfg, &device).unwrap());
+            assert_eq!(enc as u64, entry["encoder"].as_u64().unwrap(), "{name} encoder");
+            assert_eq!(dec as u64, entry["decoder"].as_u64().unwrap(), "{name} decoder");
+            checked += 1;
+        } else if let Some(rest) = name.strip_prefix("patchgan_n") {
+            let (n, ndf) = rest.split_once("_ndf").unwrap();
+            let cfg = DiscriminatorConfig { n_layers: n.parse().unwrap(), ndf: ndf.parse().unwrap(), ..DiscriminatorConfig::new() };
+            let got = models::trainable_params(&cfg.init::<B>(&device).unwrap());
+            assert_eq!(got as u64, entry.as_u64().unwrap(), "{name}");
+            checked += 1;
+        } else {
+            panic!("param_counts.json: unknown entry `{name}`");
+        }
+    }
+    println!("parameter counts: {checked} configs match taming");
+    assert!(checked >= 5);
+}
