@@ -29,7 +29,7 @@ pub use decoder::{Decoder, UpLevel};
 pub use discriminator::{DiscBlock, DiscNorm, DiscNormKind, DiscriminatorConfig, NLayerDiscriminator};
 pub use encoder::{DownLevel, Encoder, Mid};
 pub use error::ModelError;
-pub use lpips::{LPIPS_CHANNELS, Lpips};
+pub use lpips::{LPIPS_CHANNELS, LPIPS_HOWTO, Lpips, LpipsWeights};
 pub use quantizers;
 pub use state_dict::{StateDict, TensorEntry};
 pub use vq_model::{Encoded, VqModel, VqModelConfig, VqOutput};

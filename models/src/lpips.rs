@@ -30,6 +30,38 @@ const SLICE_OF: [usize; 13] = [1, 1, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5];
 /// Channels at the five taps.
 pub const LPIPS_CHANNELS: [usize; 5] = [64, 128, 256, 512, 512];
 
+/// Where the LPIPS weights come from (config keys `vgg16` and `heads`). Nothing is downloaded.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LpipsWeights {
+    /// torchvision's VGG16 ImageNet weights (`vgg16-397923af.pth`, or a safetensors copy).
+    #[serde(default)]
+    pub vgg16: Option<std::path::PathBuf>,
+    /// The LPIPS v0.1 VGG heads (`lpips/weights/v0.1/vgg.pth` in the `lpips` PyPI wheel).
+    #[serde(default)]
+    pub heads: Option<std::path::PathBuf>,
+}
+
+/// How to obtain the LPIPS weight files, for error messages.
+pub const LPIPS_HOWTO: &str = "LPIPS needs two weight files that rotor never downloads: \
+torchvision's VGG16 ImageNet weights (on a machine with network: \
+`python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"` leaves \
+~/.cache/torch/hub/checkpoints/vgg16-397923af.pth) and the LPIPS v0.1 heads \
+(`pip download lpips==0.1.4`, then unzip lpips/weights/v0.1/vgg.pth from the wheel). \
+Set their paths as `vgg16` and `heads`, or set the perceptual weight to 0.";
+
+impl LpipsWeights {
+    /// Loads LPIPS from the configured files; without them, an error that says which files are
+    /// needed and how to get them.
+    pub fn load<B: Backend>(&self, device: &B::Device) -> Result<Lpips<B>, ModelError> {
+        match (&self.vgg16, &self.heads) {
+            (Some(vgg), Some(heads)) => Lpips::from_files(vgg, heads, device),
+            (None, _) => Err(ModelError::config("lpips.vgg16", format!("no VGG16 weight file configured. {LPIPS_HOWTO}"))),
+            (_, None) => Err(ModelError::config("lpips.heads", format!("no LPIPS heads file configured. {LPIPS_HOWTO}"))),
+        }
+    }
+}
+
 /// The LPIPS network.
 #[derive(Module, Debug)]
 pub struct Lpips<B: Backend> {
