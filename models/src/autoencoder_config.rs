@@ -49,20 +49,26 @@ fn yes() -> bool {
 impl AutoencoderConfig {
     /// Checks the architecture; the error names the key.
     pub fn validate(&self) -> Result<(), ModelError> {
-        if self.ch == 0 || self.ch % 32 != 0 {
+        if self.ch == 0 || !self.ch.is_multiple_of(32) {
             return Err(ModelError::config(
                 "ch",
-                format!("must be a positive multiple of 32 (GroupNorm has 32 groups), got {}", self.ch),
+                format!(
+                    "must be a positive multiple of 32 (GroupNorm has 32 groups), got {}",
+                    self.ch
+                ),
             ));
         }
         if self.ch_mult.is_empty() || self.ch_mult.contains(&0) {
-            return Err(ModelError::config("ch_mult", "needs at least one level, all >= 1"));
+            return Err(ModelError::config(
+                "ch_mult",
+                "needs at least one level, all >= 1",
+            ));
         }
         if self.num_res_blocks == 0 {
             return Err(ModelError::config("num_res_blocks", "must be at least 1"));
         }
         let factor = 1usize << (self.ch_mult.len() - 1);
-        if self.resolution == 0 || self.resolution % factor != 0 {
+        if self.resolution == 0 || !self.resolution.is_multiple_of(factor) {
             return Err(ModelError::config(
                 "resolution",
                 format!(
@@ -73,10 +79,16 @@ impl AutoencoderConfig {
             ));
         }
         if self.z_channels == 0 || self.in_channels == 0 || self.out_ch == 0 {
-            return Err(ModelError::config("z_channels", "channel counts must be at least 1"));
+            return Err(ModelError::config(
+                "z_channels",
+                "channel counts must be at least 1",
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(ModelError::config("dropout", format!("must be in [0, 1), got {}", self.dropout)));
+            return Err(ModelError::config(
+                "dropout",
+                format!("must be in [0, 1), got {}", self.dropout),
+            ));
         }
         if !self.resamp_with_conv {
             return Err(ModelError::config(

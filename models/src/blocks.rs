@@ -14,7 +14,9 @@ use burn::{
 
 /// taming's `Normalize`: GroupNorm with 32 groups, eps 1e-6, affine.
 pub fn normalize<B: Backend>(channels: usize, device: &B::Device) -> GroupNorm<B> {
-    GroupNormConfig::new(32, channels).with_epsilon(1e-6).init(device)
+    GroupNormConfig::new(32, channels)
+        .with_epsilon(1e-6)
+        .init(device)
 }
 
 /// `x * sigmoid(x)`.
@@ -112,7 +114,11 @@ impl<B: Backend> AttnBlock<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
         let n = self.norm.forward(x.clone());
-        let q = self.q.forward(n.clone()).reshape([b, c, h * w]).swap_dims(1, 2); // b, hw, c
+        let q = self
+            .q
+            .forward(n.clone())
+            .reshape([b, c, h * w])
+            .swap_dims(1, 2); // b, hw, c
         let k = self.k.forward(n.clone()).reshape([b, c, h * w]); // b, c, hw
         let v = self.v.forward(n).reshape([b, c, h * w]); // b, c, hw
         let attn = activation::softmax(q.matmul(k) * (c as f64).powf(-0.5), 2); // b, hw(i), hw(j)

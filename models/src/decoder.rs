@@ -67,7 +67,11 @@ impl<B: Backend> Decoder<B> {
             if upsample.is_some() {
                 res *= 2;
             }
-            up_rev.push(UpLevel { block, attn, upsample });
+            up_rev.push(UpLevel {
+                block,
+                attn,
+                upsample,
+            });
         }
         up_rev.reverse();
         Ok(Self {

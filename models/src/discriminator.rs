@@ -73,12 +73,18 @@ impl DiscriminatorConfig {
     }
 
     /// Builds it.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<NLayerDiscriminator<B>, ModelError> {
+    pub fn init<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<NLayerDiscriminator<B>, ModelError> {
         if self.n_layers == 0 {
             return Err(ModelError::config("n_layers", "must be at least 1"));
         }
         if self.ndf == 0 || self.in_channels == 0 {
-            return Err(ModelError::config("ndf", "channel counts must be at least 1"));
+            return Err(ModelError::config(
+                "ndf",
+                "channel counts must be at least 1",
+            ));
         }
         B::seed(device, self.seed);
         let conv = |c_in: usize, c_out: usize, stride: usize, bias: bool| -> Conv2d<B> {
@@ -86,7 +92,10 @@ impl DiscriminatorConfig {
                 .with_stride([stride, stride])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .with_bias(bias)
-                .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
                 .init(device)
         };
         let with_bias = self.norm == DiscNormKind::Act;
@@ -220,8 +229,12 @@ impl Naming for DiscNaming {
         let key = match parts.as_slice() {
             ["first", p] => format!("main.0.{p}"),
             ["last", p] => format!("main.{}.{p}", 2 + 3 * self.0),
-            ["blocks", j, "conv", p] => format!("main.{}.{p}", 2 + 3 * j.parse::<usize>().unwrap_or(0)),
-            ["blocks", j, "norm", _, p] => format!("main.{}.{p}", 3 + 3 * j.parse::<usize>().unwrap_or(0)),
+            ["blocks", j, "conv", p] => {
+                format!("main.{}.{p}", 2 + 3 * j.parse::<usize>().unwrap_or(0))
+            }
+            ["blocks", j, "norm", _, p] => {
+                format!("main.{}.{p}", 3 + 3 * j.parse::<usize>().unwrap_or(0))
+            }
             _ => path.to_string(),
         };
         let optional = key.ends_with(".initialized");

@@ -2,7 +2,9 @@
 //! attention at `attn_resolutions`) and a Downsample except at the last level, a middle
 //! Res-Attn-Res, then GroupNorm, swish, conv_out to `z_channels`.
 
-use burn::{module::Module, nn::GroupNorm, nn::conv::Conv2d, tensor::Tensor, tensor::backend::Backend};
+use burn::{
+    module::Module, nn::GroupNorm, nn::conv::Conv2d, tensor::Tensor, tensor::backend::Backend,
+};
 
 use crate::{
     AutoencoderConfig, ModelError,
@@ -84,9 +86,17 @@ impl<B: Backend> Encoder<B> {
             if downsample.is_some() {
                 res /= 2;
             }
-            down.push(DownLevel { block, attn, downsample });
+            down.push(DownLevel {
+                block,
+                attn,
+                downsample,
+            });
         }
-        let z_out = if cfg.double_z { 2 * cfg.z_channels } else { cfg.z_channels };
+        let z_out = if cfg.double_z {
+            2 * cfg.z_channels
+        } else {
+            cfg.z_channels
+        };
         Ok(Self {
             conv_in: conv(cfg.in_channels, cfg.ch, 3, 1, 1, device),
             down,

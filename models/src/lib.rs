@@ -26,7 +26,9 @@ pub mod weights;
 
 pub use autoencoder_config::AutoencoderConfig;
 pub use decoder::{Decoder, UpLevel};
-pub use discriminator::{DiscBlock, DiscNorm, DiscNormKind, DiscriminatorConfig, NLayerDiscriminator};
+pub use discriminator::{
+    DiscBlock, DiscNorm, DiscNormKind, DiscriminatorConfig, NLayerDiscriminator,
+};
 pub use encoder::{DownLevel, Encoder, Mid};
 pub use error::ModelError;
 pub use lpips::{LPIPS_CHANNELS, LPIPS_HOWTO, Lpips, LpipsWeights};

@@ -24,7 +24,9 @@ use crate::{
 /// Indices of VGG16's 13 convs in torchvision's `features`.
 const VGG_CONVS: [usize; 13] = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28];
 /// Channels of the 13 convs.
-const VGG_WIDTHS: [usize; 13] = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512];
+const VGG_WIDTHS: [usize; 13] = [
+    64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512,
+];
 /// The tap (slice) each conv belongs to; taps end after convs 1, 3, 6, 9, 12.
 const SLICE_OF: [usize; 13] = [1, 1, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5];
 /// Channels at the five taps.
@@ -56,8 +58,14 @@ impl LpipsWeights {
     pub fn load<B: Backend>(&self, device: &B::Device) -> Result<Lpips<B>, ModelError> {
         match (&self.vgg16, &self.heads) {
             (Some(vgg), Some(heads)) => Lpips::from_files(vgg, heads, device),
-            (None, _) => Err(ModelError::config("lpips.vgg16", format!("no VGG16 weight file configured. {LPIPS_HOWTO}"))),
-            (_, None) => Err(ModelError::config("lpips.heads", format!("no LPIPS heads file configured. {LPIPS_HOWTO}"))),
+            (None, _) => Err(ModelError::config(
+                "lpips.vgg16",
+                format!("no VGG16 weight file configured. {LPIPS_HOWTO}"),
+            )),
+            (_, None) => Err(ModelError::config(
+                "lpips.heads",
+                format!("no LPIPS heads file configured. {LPIPS_HOWTO}"),
+            )),
         }
     }
 }
@@ -98,7 +106,11 @@ impl<B: Backend> Lpips<B> {
         }
         let lins = LPIPS_CHANNELS
             .iter()
-            .map(|c| Conv2dConfig::new([*c, 1], [1, 1]).with_bias(false).init(device))
+            .map(|c| {
+                Conv2dConfig::new([*c, 1], [1, 1])
+                    .with_bias(false)
+                    .init(device)
+            })
             .collect();
         Self {
             shift: constant([-0.030, -0.088, -0.188], device),

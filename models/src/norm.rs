@@ -42,7 +42,13 @@ pub struct BatchNorm2d<B: Backend> {
 impl<B: Backend> BatchNorm2d<B> {
     /// Weight 1, bias 0, running mean 0, running var 1 (torch defaults); `weight_init` overrides
     /// the weight (pix2pix init draws it from N(1, 0.02)).
-    pub fn new(c: usize, momentum: f64, eps: f64, weight_init: Option<Tensor<B, 1>>, device: &B::Device) -> Self {
+    pub fn new(
+        c: usize,
+        momentum: f64,
+        eps: f64,
+        weight_init: Option<Tensor<B, 1>>,
+        device: &B::Device,
+    ) -> Self {
         Self {
             weight: Param::from_tensor(weight_init.unwrap_or_else(|| Tensor::ones([c], device))),
             bias: Param::from_tensor(Tensor::zeros([c], device)),

@@ -59,11 +59,13 @@ impl StateDict {
 
     /// Parses safetensors bytes.
     pub fn from_safetensors(bytes: &[u8]) -> Result<Self, String> {
-        let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
         let mut entries = BTreeMap::new();
         for (name, view) in st.tensors() {
-            let values = to_f32(view.dtype(), view.data())
-                .ok_or_else(|| format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()))?;
+            let values = to_f32(view.dtype(), view.data()).ok_or_else(|| {
+                format!("tensor `{name}` has unsupported dtype {:?}", view.dtype())
+            })?;
             entries.insert(
                 name,
                 TensorEntry {
@@ -181,8 +183,14 @@ impl StateDict {
 
 fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
-        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-        Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
         Dtype::F16 => data
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32())
@@ -191,8 +199,14 @@ fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32())
             .collect(),
-        Dtype::I64 => data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        Dtype::I32 => data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        Dtype::I64 => data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        Dtype::I32 => data
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
         Dtype::U8 => data.iter().map(|v| *v as f32).collect(),
         Dtype::BOOL => data.iter().map(|v| (*v != 0) as u8 as f32).collect(),
         _ => return None,

@@ -103,7 +103,9 @@ impl<B: Backend> VqModel<B> {
     pub fn encode(&self, x: Tensor<B, 4>, mode: Mode) -> Encoded<B> {
         let latents = self.quant_conv.forward(self.encoder.forward(x));
         let [b, _, h, w] = latents.dims();
-        let quant = self.quantize.quantize(shapes::flatten_image(latents.clone()), mode);
+        let quant = self
+            .quantize
+            .quantize(shapes::flatten_image(latents.clone()), mode);
         let quantized = shapes::unflatten_image(quant.quantized.clone(), [b, h, w]);
         Encoded {
             quantized,
@@ -115,7 +117,8 @@ impl<B: Backend> VqModel<B> {
 
     /// Decodes quantized latents `[B, embed_dim, h, w]`.
     pub fn decode(&self, quantized: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.decoder.forward(self.post_quant_conv.forward(quantized))
+        self.decoder
+            .forward(self.post_quant_conv.forward(quantized))
     }
 
     /// Decodes index maps `[B, levels, h, w]` (as [`Encoded::index_maps`] gives them).

@@ -161,14 +161,26 @@ pub fn load_weights<B: Backend, M: Module<B>, N: Naming>(
     let list = |v: &[&str]| {
         let shown: Vec<&str> = v.iter().take(20).copied().collect();
         let more = v.len().saturating_sub(20);
-        format!("{}{}", shown.join(", "), if more > 0 { format!(" ... and {more} more") } else { String::new() })
+        format!(
+            "{}{}",
+            shown.join(", "),
+            if more > 0 {
+                format!(" ... and {more} more")
+            } else {
+                String::new()
+            }
+        )
     };
     if !loader.missing.is_empty() {
         let m: Vec<&str> = loader.missing.iter().map(String::as_str).collect();
         msg += &format!("\n  missing keys ({}): {}", m.len(), list(&m));
     }
     if !unexpected.is_empty() {
-        msg += &format!("\n  unexpected keys ({}): {}", unexpected.len(), list(&unexpected));
+        msg += &format!(
+            "\n  unexpected keys ({}): {}",
+            unexpected.len(),
+            list(&unexpected)
+        );
     }
     for e in &loader.errors {
         msg += &format!("\n  {e}");
@@ -196,7 +208,11 @@ impl<B: Backend, N: Naming> ModuleVisitor<B> for Exporter<'_, N> {
         let key = self.naming.torch_key(&self.path.join("."));
         let t = param.val();
         let mut shape = t.dims().to_vec();
-        let mut values = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 values");
+        let mut values = t
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32 values");
         if key.transpose && shape.len() == 2 {
             let (r, c) = (shape[0], shape[1]);
             let mut tr = vec![0.0; r * c];

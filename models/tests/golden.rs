@@ -34,7 +34,8 @@ struct Case {
 impl Case {
     fn load(path: &Path) -> Result<Self, String> {
         let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| e.to_string())?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| e.to_string())?;
         Ok(Self {
             meta: header.metadata().clone().unwrap_or_default(),
             dict: StateDict::from_safetensors(&bytes)?,
@@ -42,21 +43,38 @@ impl Case {
     }
 
     fn meta(&self, key: &str) -> Result<&str, String> {
-        self.meta.get(key).map(String::as_str).ok_or_else(|| format!("metadata `{key}` missing"))
+        self.meta
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| format!("metadata `{key}` missing"))
     }
 
     fn tensor<Bk: Backend>(&self, name: &str) -> Result<Tensor<Bk, 4>, String> {
-        let e = self.dict.get(name).ok_or_else(|| format!("tensor `{name}` missing"))?;
+        let e = self
+            .dict
+            .get(name)
+            .ok_or_else(|| format!("tensor `{name}` missing"))?;
         let s = &e.shape;
-        Ok(Tensor::from_data(TensorData::new(e.values.clone(), [s[0], s[1], s[2], s[3]]), &Default::default()))
+        Ok(Tensor::from_data(
+            TensorData::new(e.values.clone(), [s[0], s[1], s[2], s[3]]),
+            &Default::default(),
+        ))
     }
 
     fn want(&self, name: &str) -> Result<&[f32], String> {
-        Ok(&self.dict.get(name).ok_or_else(|| format!("tensor `{name}` missing"))?.values)
+        Ok(&self
+            .dict
+            .get(name)
+            .ok_or_else(|| format!("tensor `{name}` missing"))?
+            .values)
     }
 }
 
-fn close<Bk: Backend, const D: usize>(name: &str, got: Tensor<Bk, D>, want: &[f32]) -> Result<(), String> {
+fn close<Bk: Backend, const D: usize>(
+    name: &str,
+    got: Tensor<Bk, D>,
+    want: &[f32],
+) -> Result<(), String> {
     let got = got.into_data().convert::<f32>().to_vec::<f32>().unwrap();
     if got.len() != want.len() {
         return Err(format!("{name}: {} values, want {}", got.len(), want.len()));
@@ -71,15 +89,37 @@ fn close<Bk: Backend, const D: usize>(name: &str, got: Tensor<Bk, D>, want: &[f3
 }
 
 fn check_autoencoder(case: &Case) -> Result<(), String> {
-    let cfg: AutoencoderConfig = serde_json::from_str(case.meta("config")?).map_err(|e| format!("config: {e}"))?;
+    let cfg: AutoencoderConfig =
+        serde_json::from_str(case.meta("config")?).map_err(|e| format!("config: {e}"))?;
     let device = Default::default();
     let enc = Encoder::<Flex>::new(&cfg, &device).map_err(|e| e.to_string())?;
-    let enc = load_weights(enc, &case.dict.sub("encoder."), &TamingNaming).map_err(|e| e.to_string())?;
+    let enc =
+        load_weights(enc, &case.dict.sub("encoder."), &TamingNaming).map_err(|e| e.to_string())?;
     let dec = Decoder::<Flex>::new(&cfg, &device).map_err(|e| e.to_string())?;
-    let dec = load_weights(dec, &case.dict.sub("decoder."), &TamingNaming).map_err(|e| e.to_string())?;
-    close("encoded", enc.forward(case.tensor("input")?), case.want("encoded")?)?;
-    close("decoded", dec.forward(case.tensor("latent")?), case.want("decoded")?)?;
-    for (what, n, key) in [("encoder", models::trainable_params(&Encoder::<B>::new(&cfg, &device).unwrap()), "encoder_params"), ("decoder", models::trainable_params(&Decoder::<B>::new(&cfg, &device).unwrap()), "decoder_params")] {
+    let dec =
+        load_weights(dec, &case.dict.sub("decoder."), &TamingNaming).map_err(|e| e.to_string())?;
+    close(
+        "encoded",
+        enc.forward(case.tensor("input")?),
+        case.want("encoded")?,
+    )?;
+    close(
+        "decoded",
+        dec.forward(case.tensor("latent")?),
+        case.want("decoded")?,
+    )?;
+    for (what, n, key) in [
+        (
+            "encoder",
+            models::trainable_params(&Encoder::<B>::new(&cfg, &device).unwrap()),
+            "encoder_params",
+        ),
+        (
+            "decoder",
+            models::trainable_params(&Decoder::<B>::new(&cfg, &device).unwrap()),
+            "decoder_params",
+        ),
+    ] {
         let want: usize = case.meta(key)?.parse().map_err(|e| format!("{key}: {e}"))?;
         if n != want {
             return Err(format!("{what} has {n} parameters, taming {want}"));
@@ -97,7 +137,10 @@ fn check_patchgan(case: &Case) -> Result<(), String> {
     let cfg = DiscriminatorConfig {
         in_channels: 3,
         ndf: case.meta("ndf")?.parse().map_err(|e| format!("ndf: {e}"))?,
-        n_layers: case.meta("n_layers")?.parse().map_err(|e| format!("n_layers: {e}"))?,
+        n_layers: case
+            .meta("n_layers")?
+            .parse()
+            .map_err(|e| format!("n_layers: {e}"))?,
         norm,
         seed: 0,
     };
@@ -113,8 +156,18 @@ fn check_patchgan(case: &Case) -> Result<(), String> {
         .map(|n| (n.to_string(), case.dict.get(n).unwrap().clone()))
         .collect();
     for (name, entry) in &after {
-        let fill = if name.ends_with("running_var") { 1.0 } else { 0.0 };
-        start.insert(name.clone(), models::TensorEntry { shape: entry.shape.clone(), values: vec![fill; entry.values.len()] });
+        let fill = if name.ends_with("running_var") {
+            1.0
+        } else {
+            0.0
+        };
+        start.insert(
+            name.clone(),
+            models::TensorEntry {
+                shape: entry.shape.clone(),
+                values: vec![fill; entry.values.len()],
+            },
+        );
     }
     let weights_only = start.without(&["input", "output_train", "output_eval"]);
     let disc = disc.load_taming(&weights_only).map_err(|e| e.to_string())?;
@@ -122,14 +175,31 @@ fn check_patchgan(case: &Case) -> Result<(), String> {
     if disc.needs_init() {
         return Err("ActNorm golden cases are not produced by the reference script".into());
     }
-    close("output_train", disc.forward(x.clone()), case.want("output_train")?)?;
+    close(
+        "output_train",
+        disc.forward(x.clone()),
+        case.want("output_train")?,
+    )?;
     let exported = disc.export_taming();
     for (name, entry) in &after {
-        let got = exported.get(name).ok_or_else(|| format!("no `{name}` exported"))?;
-        close::<Flex, 1>(name, Tensor::from_data(TensorData::new(got.values.clone(), [got.values.len()]), &Default::default()), &entry.values)?;
+        let got = exported
+            .get(name)
+            .ok_or_else(|| format!("no `{name}` exported"))?;
+        close::<Flex, 1>(
+            name,
+            Tensor::from_data(
+                TensorData::new(got.values.clone(), [got.values.len()]),
+                &Default::default(),
+            ),
+            &entry.values,
+        )?;
     }
     let eval = disc.valid();
-    close("output_eval", eval.forward(x.inner()), case.want("output_eval")?)?;
+    close(
+        "output_eval",
+        eval.forward(x.inner()),
+        case.want("output_eval")?,
+    )?;
     if let Ok(p) = case.meta("params") {
         let want: usize = p.parse().map_err(|e| format!("params: {e}"))?;
         let n = models::trainable_params(&disc);
@@ -143,7 +213,9 @@ fn check_patchgan(case: &Case) -> Result<(), String> {
 fn check_lpips(case: &Case) -> Result<(), String> {
     let device = Default::default();
     let weights = case.dict.without(&["input_a", "input_b", "distance"]);
-    let lpips = Lpips::<Flex>::new(&device).load_taming(&weights).map_err(|e| e.to_string())?;
+    let lpips = Lpips::<Flex>::new(&device)
+        .load_taming(&weights)
+        .map_err(|e| e.to_string())?;
     let d = lpips.forward(case.tensor("input_a")?, case.tensor("input_b")?);
     close("distance", d, case.want("distance")?)
 }
@@ -181,14 +253,20 @@ fn golden_models_match_taming() {
             }
         }
     }
-    println!("golden: checked {} model cases in {}, {} failed", paths.len(), dir.display(), failures.len());
+    println!(
+        "golden: checked {} model cases in {}, {} failed",
+        paths.len(),
+        dir.display(),
+        failures.len()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
 fn full_size_parameter_counts_match_taming() {
     let path = golden_dir().join("param_counts.json");
-    let counts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let counts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let device = Default::default();
     let mut checked = 0;
     for (name, entry) in counts.as_object().unwrap() {
@@ -196,12 +274,24 @@ fn full_size_parameter_counts_match_taming() {
             let cfg: AutoencoderConfig = serde_json::from_value(cfg.clone()).unwrap();
             let enc = models::trainable_params(&Encoder::<B>::new(&cfg, &device).unwrap());
             let dec = models::trainable_params(&Decoder::<B>::new(&cfg, &device).unwrap());
-            assert_eq!(enc as u64, entry["encoder"].as_u64().unwrap(), "{name} encoder");
-            assert_eq!(dec as u64, entry["decoder"].as_u64().unwrap(), "{name} decoder");
+            assert_eq!(
+                enc as u64,
+                entry["encoder"].as_u64().unwrap(),
+                "{name} encoder"
+            );
+            assert_eq!(
+                dec as u64,
+                entry["decoder"].as_u64().unwrap(),
+                "{name} decoder"
+            );
             checked += 1;
         } else if let Some(rest) = name.strip_prefix("patchgan_n") {
             let (n, ndf) = rest.split_once("_ndf").unwrap();
-            let cfg = DiscriminatorConfig { n_layers: n.parse().unwrap(), ndf: ndf.parse().unwrap(), ..DiscriminatorConfig::new() };
+            let cfg = DiscriminatorConfig {
+                n_layers: n.parse().unwrap(),
+                ndf: ndf.parse().unwrap(),
+                ..DiscriminatorConfig::new()
+            };
             let got = models::trainable_params(&cfg.init::<B>(&device).unwrap());
             assert_eq!(got as u64, entry.as_u64().unwrap(), "{name}");
             checked += 1;
