@@ -12,6 +12,7 @@
 //!
 //! It knows nothing of files beyond weight files, of processes or of ranks.
 
+mod autoencoder;
 mod autoencoder_config;
 pub mod blocks;
 mod decoder;
@@ -20,10 +21,12 @@ mod encoder;
 mod error;
 mod lpips;
 pub mod norm;
+mod peer_autoencoder;
 mod state_dict;
 mod vq_model;
 pub mod weights;
 
+pub use autoencoder::{Autoencoder, AutoencoderKind};
 pub use autoencoder_config::AutoencoderConfig;
 pub use decoder::{Decoder, UpLevel};
 pub use discriminator::{
@@ -32,6 +35,7 @@ pub use discriminator::{
 pub use encoder::{DownLevel, Encoder, Mid};
 pub use error::ModelError;
 pub use lpips::{LPIPS_CHANNELS, LPIPS_HOWTO, Lpips, LpipsWeights};
+pub use peer_autoencoder::{PeerAutoencoder, PeerAutoencoderConfig};
 pub use quantizers;
 pub use state_dict::{StateDict, TensorEntry};
 pub use vq_model::{Encoded, VqModel, VqModelConfig, VqOutput};

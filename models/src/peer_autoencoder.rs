@@ -1,0 +1,113 @@
+//! The small convolutional VQ autoencoder of vector-quantize-pytorch's `examples/autoencoder.py`
+//! (rotor's Fashion-MNIST peer): conv 1->16, max-pool 2, GELU, conv 16->32, max-pool 2, the
+//! quantizer on the 32-channel map, then nearest x2, conv 32->16, GELU, nearest x2, conv 16->1.
+//! All convs 3x3, padding 1.
+
+use burn::{
+    module::Module,
+    nn::conv::Conv2d,
+    tensor::{Int, Tensor, activation::gelu, backend::Backend, module::max_pool2d},
+};
+use quantizers::{AnyQuantizer, Mode, Quantizer, QuantizerConfig, shapes};
+use serde::{Deserialize, Serialize};
+
+use crate::{Encoded, ModelError, VqOutput, blocks::conv, blocks::upsample_nearest2};
+
+/// Configuration of [`PeerAutoencoder`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerAutoencoderConfig {
+    /// Image channels (1 for Fashion-MNIST).
+    #[serde(default = "one")]
+    pub in_channels: usize,
+    /// Width after the first conv.
+    #[serde(default = "sixteen")]
+    pub hidden: usize,
+    /// The quantizer; its `dim` is the latent width (32 in the reference).
+    pub quantizer: QuantizerConfig,
+}
+
+fn one() -> usize {
+    1
+}
+fn sixteen() -> usize {
+    16
+}
+
+impl PeerAutoencoderConfig {
+    /// Builds the network.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<PeerAutoencoder<B>, ModelError> {
+        if self.in_channels == 0 || self.hidden == 0 {
+            return Err(ModelError::config("hidden", "channel counts must be at least 1"));
+        }
+        self.quantizer.validate()?;
+        let d = self.quantizer.input_dim();
+        Ok(PeerAutoencoder {
+            enc1: conv(self.in_channels, self.hidden, 3, 1, 1, device),
+            enc2: conv(self.hidden, d, 3, 1, 1, device),
+            quantize: self.quantizer.init(device)?,
+            dec1: conv(d, self.hidden, 3, 1, 1, device),
+            dec2: conv(self.hidden, self.in_channels, 3, 1, 1, device),
+        })
+    }
+}
+
+/// The peer network.
+#[derive(Module, Debug)]
+pub struct PeerAutoencoder<B: Backend> {
+    /// conv in -> hidden.
+    pub enc1: Conv2d<B>,
+    /// conv hidden -> latent width.
+    pub enc2: Conv2d<B>,
+    /// The quantizer.
+    pub quantize: AnyQuantizer<B>,
+    /// conv latent width -> hidden.
+    pub dec1: Conv2d<B>,
+    /// conv hidden -> out.
+    pub dec2: Conv2d<B>,
+}
+
+fn pool<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false)
+}
+
+impl<B: Backend> PeerAutoencoder<B> {
+    /// Encodes and quantizes `[B, C, H, W]` (H, W divisible by 4).
+    pub fn encode(&self, x: Tensor<B, 4>, mode: Mode) -> Encoded<B> {
+        let h = gelu(pool(self.enc1.forward(x)));
+        let latents = pool(self.enc2.forward(h));
+        let [b, _, hh, ww] = latents.dims();
+        let quant = self
+            .quantize
+            .quantize(shapes::flatten_image(latents.clone()), mode);
+        let quantized = shapes::unflatten_image(quant.quantized.clone(), [b, hh, ww]);
+        Encoded {
+            quantized,
+            latents,
+            quant,
+            grid: [b, hh, ww],
+        }
+    }
+
+    /// Decodes quantized latents.
+    pub fn decode(&self, q: Tensor<B, 4>) -> Tensor<B, 4> {
+        let h = gelu(self.dec1.forward(upsample_nearest2(q)));
+        self.dec2.forward(upsample_nearest2(h))
+    }
+
+    /// Decodes index maps `[B, levels, h, w]`.
+    pub fn decode_indices(&self, indices: Tensor<B, 4, Int>) -> Tensor<B, 4> {
+        let [b, l, h, w] = indices.dims();
+        let rows = indices.permute([0, 2, 3, 1]).reshape([b * h * w, l]);
+        self.decode(shapes::unflatten_image(self.quantize.decode(rows), [b, h, w]))
+    }
+
+    /// Encode, quantize, decode.
+    pub fn forward(&self, x: Tensor<B, 4>, mode: Mode) -> VqOutput<B> {
+        let encoded = self.encode(x, mode);
+        VqOutput {
+            reconstruction: self.decode(encoded.quantized.clone()),
+            encoded,
+        }
+    }
+}
