@@ -1,63 +1,119 @@
-//! The `launch` binary. Today it offers `launch check-quantizer CONFIG.toml`: parse the
-//! `[quantizer]` table of a TOML file, validate it, build the quantizer and run one forward on
-//! random latents, reporting what was built. Training (`launch CONFIG`, `--gpus N`) arrives with
-//! the trainer and launch issues (#4, #5).
+//! The `launch` binary.
+//!
+//!     launch [--resume auto|never] [--set key=value]... CONFIG.toml     train (one process, CPU)
+//!     launch check-quantizer CONFIG.toml                                 try a [quantizer] table
+//!
+//! Logs go to stderr and to `<run>/train.log`; metrics to `<run>/metrics.jsonl`.
 
-use std::{path::Path, process::ExitCode};
+mod check_quantizer;
 
-use anyhow::{Context, Result, bail};
-use burn::tensor::{Distribution, Tensor};
-use trainer::quantizers::{CpuBackend, Mode, Quantizer, QuantizerConfig};
+use std::{path::PathBuf, process::ExitCode};
 
-const USAGE: &str = "usage: launch check-quantizer CONFIG.toml
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use trainer::{Resume, TrainConfig, Trainer};
+use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
-  check-quantizer   validate the [quantizer] table of CONFIG.toml, build it on the CPU and run one
-                    forward on random latents (prints codebook size, levels and usage)
-
-Training (`launch [--gpus N | --cpu N] CONFIG.toml`) is not available yet.";
-
-#[derive(serde::Deserialize)]
-struct QuantizerFile {
-    quantizer: QuantizerConfig,
+#[derive(Parser)]
+#[command(name = "launch", version, about = "rotor: train vector-quantized autoencoders")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Training config (TOML).
+    config: Option<PathBuf>,
+    /// Continue from the run's newest valid checkpoint (`auto`) or start fresh (`never`).
+    #[arg(long, value_enum, default_value = "auto")]
+    resume: ResumeArg,
+    /// Override a config key, e.g. `--set optim.lr=1e-4` (repeatable; after ROTOR__* env vars).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
-fn check_quantizer(path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let file: QuantizerFile = toml::from_str(&text)
-        .with_context(|| format!("{}: invalid [quantizer] table", path.display()))?;
-    let cfg = file.quantizer;
-    cfg.validate()
-        .with_context(|| format!("{}: [quantizer]", path.display()))?;
-    let device = Default::default();
-    let quantizer = cfg
-        .init::<CpuBackend>(&device)
-        .with_context(|| format!("{}: [quantizer]", path.display()))?;
-    let dim = quantizer.input_dim();
-    let latents =
-        Tensor::<CpuBackend, 2>::random([4096, dim], Distribution::Normal(0.0, 1.0), &device);
-    let out = quantizer.quantize(latents, Mode::Train);
-    let (used, perplexity, quant_error) = out.usage.to_host();
-    let loss = out.loss().into_scalar();
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a [quantizer] table, build it and run one forward on random latents.
+    CheckQuantizer {
+        /// TOML file with a [quantizer] table.
+        config: PathBuf,
+    },
+    /// Parse and validate a training config without training.
+    CheckConfig {
+        /// Training config (TOML).
+        config: PathBuf,
+        /// Overrides, as for training.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ResumeArg {
+    Auto,
+    Never,
+}
+
+type Cpu = burn::backend::Autodiff<burn::backend::Flex>;
+
+fn init_logs(log_file: Option<&std::path::Path>) -> Result<()> {
+    let filter = EnvFilter::try_from_env("ROTOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let file = match log_file {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open log file {}", p.display()))?;
+            Some(fmt::layer().with_writer(std::sync::Mutex::new(f)).with_ansi(false).with_target(false))
+        }
+        None => None,
+    };
+    tracing_subscriber::registry().with(filter).with(stderr).with(file).try_init().ok();
+    Ok(())
+}
+
+fn train(config: PathBuf, resume: ResumeArg, overrides: Vec<String>) -> Result<()> {
+    let cfg = TrainConfig::load(&config, &overrides)?;
+    let run_dir = cfg.run_dir();
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    init_logs(Some(&run_dir.join("train.log")))?;
+    tracing::info!("config {} -> run directory {}", config.display(), run_dir.display());
+    let resume = match resume {
+        ResumeArg::Auto => Resume::Auto,
+        ResumeArg::Never => Resume::Never,
+    };
+    let mut trainer = Trainer::<Cpu>::new(cfg, Default::default(), resume)?;
+    let val = trainer.run()?;
+    let run = trainer.run_dir().display().to_string();
     println!(
-        "{}: ok: input dim {dim}, {} codes x {} level(s); on 4096 random latents: {:.1}% codes used, perplexity {perplexity:.1}, quantization error {quant_error:.4}, quantizer loss {loss:.4}",
-        path.display(),
-        quantizer.codebook_size(),
-        quantizer.num_levels(),
-        used * 100.0
+        "done: {} steps; validation mse {:.5}, PSNR {:.2} dB, {:.1}% of codes used, perplexity {:.1}\n\
+         metrics:         {run}/metrics.jsonl\n\
+         reconstructions: {run}/samples/ (top row: input, bottom row: reconstruction)\n\
+         checkpoints:     {run}/checkpoints/ (continue with --resume auto)\n\
+         log:             {run}/train.log",
+        trainer.step(),
+        val.mse,
+        val.psnr,
+        val.used_fraction * 100.0,
+        val.perplexity
     );
     Ok(())
 }
 
 fn run() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
-        [cmd, path] if cmd == "check-quantizer" => check_quantizer(Path::new(path)),
-        [flag] if flag == "-h" || flag == "--help" => {
-            println!("{USAGE}");
+    let cli = Cli::parse();
+    match (cli.command, cli.config) {
+        (Some(Command::CheckQuantizer { config }), _) => {
+            init_logs(None)?;
+            check_quantizer::check_quantizer(&config)
+        }
+        (Some(Command::CheckConfig { config, overrides }), _) => {
+            let cfg = TrainConfig::load(&config, &overrides)?;
+            println!("{}: ok (run directory {})", config.display(), cfg.run_dir().display());
             Ok(())
         }
-        _ => bail!("{USAGE}"),
+        (None, Some(config)) => train(config, cli.resume, cli.overrides),
+        (None, None) => anyhow::bail!("no config given: `launch CONFIG.toml` (see `launch --help`)"),
     }
 }
 

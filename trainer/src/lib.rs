@@ -1,10 +1,30 @@
 //! # trainer
 //!
-//! One rotor worker's job: configuration schema, data (datasets, sharding, prefetch), objectives,
-//! optimizers and schedules, the train loop with its gradient and codebook synchronization seams,
-//! checkpoints and metrics.
-//!
-//! Status: built with the trainer issue (#4); today it re-exports the layers below it.
+//! One rotor worker's job: the configuration schema ([`TrainConfig`]), data ([`data`]: datasets,
+//! transform, deterministic shardable order, prefetching loader), the objective, AdamW with
+//! warmup/decay, accumulation and global-norm clipping, the training loop ([`Trainer`]) with its
+//! data-parallel seams ([`Collective`]), validation, metrics and atomic checkpoints.
 
+mod checkpoint;
+mod collective;
+mod config;
+pub mod data;
+mod error;
+mod grad_norm;
+mod metrics;
+mod schedule;
+mod train;
+
+pub use checkpoint::{Checkpoints, RngState, TrainState};
+pub use collective::{Collective, SingleProcess};
+pub use config::{
+    DataConfig, DataSource, DiscLoss, ObjectiveConfig, OptimConfig, Reconstruction, RunConfig,
+    Schedule, TrainConfig, VqganObjective,
+};
+pub use error::TrainError;
+pub use grad_norm::{clip_global_norm, global_norm};
+pub use metrics::{MetricsWriter, psnr, save_grid};
 pub use models;
 pub use models::quantizers;
+pub use schedule::learning_rate;
+pub use train::{Resume, StepStats, Trainer, ValStats};

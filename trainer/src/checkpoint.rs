@@ -1,0 +1,236 @@
+//! Checkpoints: one directory per step under `<run>/checkpoints/`, written to a temporary name,
+//! every file fsynced, a `manifest.json` with each file's sha256 written last, then renamed into
+//! place and the directory fsynced; `latest` (the name of the newest checkpoint) is replaced the
+//! same way. Only then are checkpoints beyond the newest `keep` pruned. Loading verifies every
+//! hash; a truncated or corrupted checkpoint is reported and the previous valid one is used.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{Read, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::TrainError;
+
+/// What a checkpoint records besides the weight files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Global sample cursor (samples consumed by all processes).
+    pub cursor: u64,
+    /// State of the quantizer RNG (dead-code restart, k-means).
+    pub quant_rng: RngState,
+    /// Hash of the configuration the run was started with.
+    pub config_hash: String,
+    /// World size when written.
+    pub world_size: usize,
+}
+
+/// A ChaCha8 RNG's full state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RngState {
+    /// The 32-byte seed, hex.
+    pub seed: String,
+    /// Stream id.
+    pub stream: u64,
+    /// Word position (as a decimal string: it is a u128).
+    pub word_pos: String,
+}
+
+impl RngState {
+    /// Captures `rng`.
+    pub fn capture(rng: &rand_chacha::ChaCha8Rng) -> Self {
+        Self {
+            seed: rng.get_seed().iter().map(|b| format!("{b:02x}")).collect(),
+            stream: rng.get_stream(),
+            word_pos: rng.get_word_pos().to_string(),
+        }
+    }
+
+    /// Rebuilds the RNG.
+    pub fn restore(&self) -> Result<rand_chacha::ChaCha8Rng, String> {
+        use rand::SeedableRng;
+        let mut seed = [0u8; 32];
+        if self.seed.len() != 64 {
+            return Err("rng seed is not 32 bytes".into());
+        }
+        for (i, s) in seed.iter_mut().enumerate() {
+            *s = u8::from_str_radix(&self.seed[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::from_seed(seed);
+        rng.set_stream(self.stream);
+        rng.set_word_pos(self.word_pos.parse().map_err(|e| format!("rng word_pos: {e}"))?);
+        Ok(rng)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    step: usize,
+    files: BTreeMap<String, String>,
+}
+
+/// The checkpoint directory of a run.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    dir: PathBuf,
+    keep: usize,
+}
+
+fn sha256_file(path: &Path) -> Result<String, std::io::Error> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), TrainError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| TrainError::io(dir, e))
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync directory).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| TrainError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| TrainError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+impl Checkpoints {
+    /// Checkpoints under `run_dir/checkpoints`, keeping the newest `keep`.
+    pub fn new(run_dir: &Path, keep: usize) -> Self {
+        Self {
+            dir: run_dir.join("checkpoints"),
+            keep: keep.max(1),
+        }
+    }
+
+    /// The directory holding them.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn name(step: usize) -> String {
+        format!("step-{step:08}")
+    }
+
+    /// Writes a checkpoint for `state.step`: `write_files(dir)` writes the weight files into the
+    /// temporary directory; the state and manifest are added, and the whole is published.
+    pub fn save(
+        &self,
+        state: &TrainState,
+        write_files: impl FnOnce(&Path) -> Result<(), TrainError>,
+    ) -> Result<PathBuf, TrainError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
+        let name = Self::name(state.step);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let final_dir = self.dir.join(&name);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        write_files(&tmp)?;
+        let state_json = serde_json::to_vec_pretty(state).expect("state serializes");
+        std::fs::write(tmp.join("state.json"), state_json).map_err(|e| TrainError::io(&tmp, e))?;
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))? {
+            let p = entry.map_err(|e| TrainError::io(&tmp, e))?.path();
+            File::open(&p).and_then(|f| f.sync_all()).map_err(|e| TrainError::io(&p, e))?;
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            files.insert(n, sha256_file(&p).map_err(|e| TrainError::io(&p, e))?);
+        }
+        let manifest = Manifest { step: state.step, files };
+        write_atomic(&tmp.join("manifest.json"), &serde_json::to_vec_pretty(&manifest).unwrap())?;
+        fsync_dir(&tmp)?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+        fsync_dir(&self.dir)?;
+        write_atomic(&self.dir.join("latest"), format!("{name}\n").as_bytes())?;
+        self.prune();
+        Ok(final_dir)
+    }
+
+    fn all(&self) -> Vec<(usize, PathBuf)> {
+        let mut v: Vec<(usize, PathBuf)> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().to_string();
+                n.strip_prefix("step-").and_then(|s| s.parse().ok()).map(|s| (s, e.path()))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn prune(&self) {
+        let all = self.all();
+        if all.len() > self.keep {
+            for (_, p) in &all[..all.len() - self.keep] {
+                if let Err(e) = std::fs::remove_dir_all(p) {
+                    tracing::warn!("could not prune old checkpoint {}: {e}", p.display());
+                }
+            }
+        }
+    }
+
+    /// Checks a checkpoint directory against its manifest.
+    pub fn verify(dir: &Path) -> Result<TrainState, String> {
+        let manifest: Manifest = serde_json::from_slice(
+            &std::fs::read(dir.join("manifest.json")).map_err(|e| format!("no manifest: {e}"))?,
+        )
+        .map_err(|e| format!("corrupt manifest: {e}"))?;
+        for (name, want) in &manifest.files {
+            let got = sha256_file(&dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+            if &got != want {
+                return Err(format!("{name}: sha256 {got} does not match the manifest ({want}): truncated or corrupted"));
+            }
+        }
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).map_err(|e| format!("state.json: {e}"))?)
+            .map_err(|e| format!("state.json: {e}"))
+    }
+
+    /// The newest checkpoint that verifies, starting from `latest`; each rejected one is logged.
+    pub fn latest_valid(&self) -> Option<(PathBuf, TrainState)> {
+        let mut candidates = self.all();
+        candidates.reverse();
+        if let Ok(l) = std::fs::read_to_string(self.dir.join("latest")) {
+            let l = l.trim();
+            if let Some(pos) = candidates.iter().position(|(_, p)| p.file_name().is_some_and(|n| n == l)) {
+                let c = candidates.remove(pos);
+                candidates.insert(0, c);
+            }
+        }
+        for (_, dir) in candidates {
+            match Self::verify(&dir) {
+                Ok(state) => return Some((dir, state)),
+                Err(e) => tracing::warn!("checkpoint {} is unusable ({e}); trying the previous one", dir.display()),
+            }
+        }
+        None
+    }
+
+    /// True when any checkpoint directory exists.
+    pub fn any(&self) -> bool {
+        !self.all().is_empty()
+    }
+}

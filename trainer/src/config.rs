@@ -1,0 +1,478 @@
+//! The training configuration: TOML files under `configs/`, parsed into typed structs through the
+//! `config` crate, with `ROTOR__SECTION__KEY` environment variables and `--set section.key=value`
+//! overrides on top (file < environment < command line). An unknown key, a wrong type or an
+//! impossible value fails before training starts, naming the key and the file.
+//!
+//! Every key is documented on its field below and in `configs/reference.toml`.
+
+use std::path::{Path, PathBuf};
+
+use models::{AutoencoderKind, DiscriminatorConfig, LpipsWeights};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// A whole training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Run identity, length, logging, checkpoints.
+    pub run: RunConfig,
+    /// Datasets and preprocessing.
+    pub data: DataConfig,
+    /// The autoencoder and its quantizer.
+    pub model: AutoencoderKind,
+    /// The loss.
+    pub objective: ObjectiveConfig,
+    /// The optimizer and learning-rate schedule.
+    pub optim: OptimConfig,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run name: the run directory is `output_dir/name`.
+    pub name: String,
+    /// Parent of run directories.
+    #[serde(default = "default_output_dir")]
+    pub output_dir: PathBuf,
+    /// Seed of model init, data order, augmentation and quantizer restarts.
+    #[serde(default)]
+    pub seed: u64,
+    /// Optimizer steps to train.
+    pub steps: usize,
+    /// Images per optimizer step (split into `optim.accumulate` micro-batches).
+    pub batch_size: usize,
+    /// Log a metrics line every this many steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Validate every this many steps (0: only at the end).
+    #[serde(default)]
+    pub val_every: usize,
+    /// Validation batches (of `batch_size` images, at most the validation set).
+    #[serde(default = "default_val_batches")]
+    pub val_batches: usize,
+    /// Write a checkpoint every this many steps (and always at the end).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    /// Checkpoints to keep (older ones are pruned once a newer one is durable).
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+}
+
+fn default_output_dir() -> PathBuf {
+    PathBuf::from("runs")
+}
+fn default_log_every() -> usize {
+    10
+}
+fn default_val_batches() -> usize {
+    4
+}
+fn default_checkpoint_every() -> usize {
+    500
+}
+fn default_keep() -> usize {
+    3
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Where the images come from.
+    pub source: DataSource,
+    /// Side of the square training crops.
+    pub resolution: usize,
+    /// Resize so the shorter side is this long before cropping (none: crop at native size).
+    #[serde(default)]
+    pub resize: Option<usize>,
+    /// Random crops for training (validation always crops the center).
+    #[serde(default)]
+    pub random_crop: bool,
+    /// Random horizontal flips for training.
+    #[serde(default)]
+    pub flip: bool,
+    /// Decoding threads.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Batches decoded ahead of the training loop.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+}
+
+fn default_workers() -> usize {
+    2
+}
+fn default_prefetch() -> usize {
+    4
+}
+
+/// Dataset kinds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataSource {
+    /// Fashion-MNIST (or MNIST) IDX image files, `.gz` or raw, scaled to `[-1, 1]`.
+    FashionMnist {
+        /// `train-images-idx3-ubyte.gz`.
+        train: PathBuf,
+        /// `t10k-images-idx3-ubyte.gz` (validation).
+        val: PathBuf,
+    },
+    /// A folder (searched recursively) of jpg/png/webp images: ImageNet's `train/<class>/*.JPEG`,
+    /// flat FFHQ/CelebA-HQ folders; scaled to `[-1, 1]`.
+    ImageFolder {
+        /// Training images.
+        train: PathBuf,
+        /// Validation images; none: hold out `val_fraction` of `train`.
+        #[serde(default)]
+        val: Option<PathBuf>,
+        /// Held-out fraction when `val` is absent.
+        #[serde(default = "default_val_fraction")]
+        val_fraction: f64,
+        /// RGB (3) or grey (1).
+        #[serde(default = "three")]
+        channels: usize,
+    },
+}
+
+fn default_val_fraction() -> f64 {
+    0.1
+}
+fn three() -> usize {
+    3
+}
+
+/// `[objective]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ObjectiveConfig {
+    /// Reconstruction + quantizer losses (Table 1 VQ-VAE, the peer).
+    Vqvae {
+        /// `mse` or `l1`.
+        #[serde(default)]
+        reconstruction: Reconstruction,
+        /// Clamp the reconstruction to `[-1, 1]` before the loss (the peer does).
+        #[serde(default)]
+        clamp_output: bool,
+        /// Weight of the quantizer's losses (commitment etc. carry their own weights too).
+        #[serde(default = "one")]
+        quantizer_weight: f32,
+    },
+    /// taming's VQLPIPSWithDiscriminator: L1 + LPIPS + codebook loss + PatchGAN from `disc_start`
+    /// with the adaptive weight.
+    Vqgan(VqganObjective),
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+/// Pixel reconstruction loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reconstruction {
+    /// Mean squared error.
+    #[default]
+    Mse,
+    /// Mean absolute error.
+    L1,
+}
+
+/// The VQGAN objective (taming's keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VqganObjective {
+    /// Weight of the quantizer loss.
+    #[serde(default = "one")]
+    pub codebook_weight: f32,
+    /// Weight of LPIPS in the reconstruction term (0 needs no weight files).
+    #[serde(default = "one")]
+    pub perceptual_weight: f32,
+    /// LPIPS weight files.
+    #[serde(default)]
+    pub lpips: LpipsWeights,
+    /// Step from which the GAN terms are on.
+    #[serde(default)]
+    pub disc_start: usize,
+    /// `disc_weight` multiplying the adaptive weight.
+    #[serde(default = "one")]
+    pub disc_weight: f32,
+    /// `disc_factor`.
+    #[serde(default = "one")]
+    pub disc_factor: f32,
+    /// `hinge` or `vanilla`.
+    #[serde(default)]
+    pub disc_loss: DiscLoss,
+    /// The discriminator.
+    #[serde(default)]
+    pub discriminator: DiscriminatorConfig,
+    /// Learning rate of the discriminator (defaults to `optim.lr`).
+    #[serde(default)]
+    pub disc_lr: Option<f64>,
+}
+
+/// GAN loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscLoss {
+    /// `relu(1 - D(x)) + relu(1 + D(x^))`.
+    #[default]
+    Hinge,
+    /// `softplus(-D(x)) + softplus(D(x^))`.
+    Vanilla,
+}
+
+/// `[optim]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Adam betas.
+    #[serde(default = "default_betas")]
+    pub betas: [f32; 2],
+    /// Adam epsilon.
+    #[serde(default = "default_adam_eps")]
+    pub eps: f32,
+    /// Decoupled weight decay (AdamW).
+    #[serde(default)]
+    pub weight_decay: f32,
+    /// Linear warmup steps from 0 to `lr`.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// Decay after warmup.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Learning rate at the end of the decay, as a fraction of `lr`.
+    #[serde(default)]
+    pub final_lr_fraction: f64,
+    /// Clip gradients to this GLOBAL norm (none: no clipping).
+    #[serde(default)]
+    pub grad_clip: Option<f32>,
+    /// Micro-batches per optimizer step (gradient accumulation); must divide `run.batch_size`.
+    #[serde(default = "default_accumulate")]
+    pub accumulate: usize,
+}
+
+fn default_betas() -> [f32; 2] {
+    [0.9, 0.999]
+}
+fn default_adam_eps() -> f32 {
+    1e-8
+}
+fn default_accumulate() -> usize {
+    1
+}
+
+/// Learning-rate decay after warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Constant `lr`.
+    #[default]
+    Constant,
+    /// Cosine from `lr` to `lr * final_lr_fraction`.
+    Cosine,
+    /// Linear from `lr` to `lr * final_lr_fraction`.
+    Linear,
+}
+
+impl TrainConfig {
+    /// Reads `path`, applies `ROTOR__*` environment variables and `overrides` (`key=value`,
+    /// dotted keys), deserializes and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, TrainError> {
+        let err = |message: String| TrainError::Config {
+            file: path.to_path_buf(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(err("config file not found".into()));
+        }
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("ROTOR")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            );
+        for o in overrides {
+            let (key, value) = o
+                .split_once('=')
+                .ok_or_else(|| err(format!("override `{o}` is not key=value")))?;
+            builder = builder
+                .set_override(key.trim(), parse_value(value.trim()))
+                .map_err(|e| err(format!("override `{o}`: {e}")))?;
+        }
+        let merged = builder.build().map_err(|e| err(e.to_string()))?;
+        let cfg: TrainConfig = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let key = e.path().to_string();
+            err(format!("key `{key}`: {}", e.inner()))
+        })?;
+        cfg.validate().map_err(|(key, reason)| err(format!("key `{key}`: {reason}")))?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (no environment, no overrides) and validates; for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+        let cfg: TrainConfig = serde_path_to_error::deserialize(de)
+            .map_err(|e| format!("key `{}`: {}", e.path(), e.inner()))?;
+        cfg.validate().map_err(|(k, r)| format!("key `{k}`: {r}"))?;
+        Ok(cfg)
+    }
+
+    /// Checks values that serde cannot and that every input file exists: `Err((key, reason))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.validate_values()?;
+        self.check_paths()
+    }
+
+    /// Checks that the data (and LPIPS weight files, if used) exist.
+    pub fn check_paths(&self) -> Result<(), (String, String)> {
+        let e = |k: &str, r: String| Err((k.to_string(), r));
+        let mut paths: Vec<(&str, &Path)> = match &self.data.source {
+            DataSource::FashionMnist { train, val } => vec![("data.source.train", train), ("data.source.val", val)],
+            DataSource::ImageFolder { train, val, .. } => {
+                let mut p = vec![("data.source.train", train.as_path())];
+                if let Some(v) = val {
+                    p.push(("data.source.val", v.as_path()));
+                }
+                p
+            }
+        };
+        if let ObjectiveConfig::Vqgan(v) = &self.objective
+            && v.perceptual_weight > 0.0
+        {
+            if let Some(p) = &v.lpips.vgg16 {
+                paths.push(("objective.lpips.vgg16", p));
+            }
+            if let Some(p) = &v.lpips.heads {
+                paths.push(("objective.lpips.heads", p));
+            }
+        }
+        for (key, p) in paths {
+            if !p.exists() {
+                let hint = if key.starts_with("data") {
+                    "run scripts/fetch-data.sh for the sample data, or point it at your dataset".to_string()
+                } else {
+                    models::LPIPS_HOWTO.to_string()
+                };
+                return e(key, format!("{} does not exist ({hint})", p.display()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every value except file existence.
+    pub fn validate_values(&self) -> Result<(), (String, String)> {
+        let e = |k: &str, r: String| Err((k.to_string(), r));
+        if self.run.name.is_empty() || self.run.name.contains('/') {
+            return e("run.name", "must be a non-empty name without '/'".into());
+        }
+        if self.run.steps == 0 {
+            return e("run.steps", "must be at least 1".into());
+        }
+        if self.run.batch_size == 0 {
+            return e("run.batch_size", "must be at least 1".into());
+        }
+        if self.optim.accumulate == 0 || !self.run.batch_size.is_multiple_of(self.optim.accumulate) {
+            return e(
+                "optim.accumulate",
+                format!("must divide run.batch_size = {} (got {})", self.run.batch_size, self.optim.accumulate),
+            );
+        }
+        if self.run.log_every == 0 || self.run.checkpoint_every == 0 || self.run.keep_checkpoints == 0 {
+            return e("run.log_every", "log_every, checkpoint_every and keep_checkpoints must be >= 1".into());
+        }
+        if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
+            return e("optim.lr", format!("must be > 0, got {}", self.optim.lr));
+        }
+        if self.optim.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return e("optim.betas", format!("each must be in [0, 1), got {:?}", self.optim.betas));
+        }
+        if !(0.0..=1.0).contains(&self.optim.final_lr_fraction) {
+            return e("optim.final_lr_fraction", "must be in [0, 1]".into());
+        }
+        if let Some(c) = self.optim.grad_clip
+            && !(c > 0.0)
+        {
+            return e("optim.grad_clip", format!("must be > 0, got {c}"));
+        }
+        if let Err(err) = self.model.validate() {
+            return e("model", err.to_string());
+        }
+        let f = self.model.downsample_factor();
+        if self.data.resolution == 0 || !self.data.resolution.is_multiple_of(f) {
+            return e(
+                "data.resolution",
+                format!("must be a positive multiple of the model's downsampling factor {f}, got {}", self.data.resolution),
+            );
+        }
+        if self.data.workers == 0 || self.data.prefetch == 0 {
+            return e("data.workers", "workers and prefetch must be >= 1".into());
+        }
+        let channels = match &self.data.source {
+            DataSource::FashionMnist { .. } => 1,
+            DataSource::ImageFolder { val_fraction, channels, .. } => {
+                if !(0.0..1.0).contains(val_fraction) {
+                    return e("data.source.val_fraction", "must be in [0, 1)".into());
+                }
+                if *channels != 1 && *channels != 3 {
+                    return e("data.source.channels", format!("must be 1 or 3, got {channels}"));
+                }
+                *channels
+            }
+        };
+        if channels != self.model.channels() {
+            return e(
+                "model",
+                format!("the model takes {} image channels but the data has {channels}", self.model.channels()),
+            );
+        }
+        if let ObjectiveConfig::Vqgan(v) = &self.objective {
+            if v.perceptual_weight > 0.0 && (v.lpips.vgg16.is_none() || v.lpips.heads.is_none()) {
+                return e(
+                    "objective.lpips",
+                    format!("perceptual_weight is {} but no LPIPS weight files are set. {}", v.perceptual_weight, models::LPIPS_HOWTO),
+                );
+            }
+            if !matches!(self.model, AutoencoderKind::VqModel(_)) {
+                return e("objective.kind", "vqgan needs model.kind = \"vq_model\"".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// A stable hash of the configuration (recorded in checkpoints).
+    pub fn hash(&self) -> String {
+        use sha2::Digest;
+        let json = serde_json::to_string(self).expect("config serializes");
+        let digest = sha2::Sha256::digest(json.as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> PathBuf {
+        self.run.output_dir.join(&self.run.name)
+    }
+}
+
+/// `--set` values: TOML scalars or arrays (`1e-4`, `true`, `[0.5, 0.9]`), else a string.
+fn parse_value(v: &str) -> config::Value {
+    fn conv(v: toml::Value) -> config::Value {
+        match v {
+            toml::Value::Integer(i) => i.into(),
+            toml::Value::Float(f) => f.into(),
+            toml::Value::Boolean(b) => b.into(),
+            toml::Value::Array(a) => a.into_iter().map(conv).collect::<Vec<_>>().into(),
+            other => other.to_string().trim_matches('"').to_string().into(),
+        }
+    }
+    match toml::from_str::<toml::Table>(&format!("v = {v}")) {
+        Ok(mut t) => conv(t.remove("v").expect("v")),
+        Err(_) => v.to_string().into(),
+    }
+}

@@ -1,0 +1,90 @@
+//! Run outputs: `metrics.jsonl` (one JSON object per line, flushed as written), PSNR, and
+//! reconstruction grids as PNG (originals on the top row, reconstructions below).
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+};
+
+use crate::TrainError;
+
+/// Appends JSON lines to `metrics.jsonl`.
+pub struct MetricsWriter {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsWriter {
+    /// Opens `run_dir/metrics.jsonl`. When resuming at `keep_until`, lines of later steps (written
+    /// by the interrupted run after its last checkpoint) are dropped first, atomically.
+    pub fn open(run_dir: &Path, keep_until: Option<usize>) -> Result<Self, TrainError> {
+        let path = run_dir.join("metrics.jsonl");
+        if let (Some(step), true) = (keep_until, path.exists()) {
+            let f = File::open(&path).map_err(|e| TrainError::io(&path, e))?;
+            let kept: Vec<String> = BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                        .is_some_and(|s| s as usize <= step)
+                })
+                .collect();
+            let mut text = kept.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            crate::checkpoint::write_atomic(&path, text.as_bytes())?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        Ok(Self { path, file })
+    }
+
+    /// Writes one record.
+    pub fn write(&mut self, value: &serde_json::Value) -> Result<(), TrainError> {
+        let mut line = value.to_string();
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| TrainError::io(&self.path, e))
+    }
+}
+
+/// PSNR in dB of images in `[-1, 1]` given their mean squared error (peak-to-peak 2).
+pub fn psnr(mse: f64) -> f64 {
+    10.0 * (4.0 / mse.max(1e-12)).log10()
+}
+
+/// Saves a grid: `top` and `bottom` are `[n, c, h, w]` values in `[-1, 1]`, side by side per
+/// column (at most `n` columns).
+pub fn save_grid(path: &Path, top: &[f32], bottom: &[f32], shape: [usize; 4]) -> Result<(), TrainError> {
+    let [n, c, h, w] = shape;
+    let (gw, gh) = ((n * (w + 2)) as u32, (2 * (h + 2)) as u32);
+    let mut img = image::RgbImage::from_pixel(gw, gh, image::Rgb([255, 255, 255]));
+    for (row, data) in [top, bottom].iter().enumerate() {
+        for i in 0..n {
+            for y in 0..h {
+                for x in 0..w {
+                    let px = |ch: usize| {
+                        let v = data[((i * c + ch) * h + y) * w + x];
+                        ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
+                    };
+                    let rgb = if c == 1 { [px(0); 3] } else { [px(0), px(1), px(2)] };
+                    img.put_pixel((i * (w + 2) + 1 + x) as u32, (row * (h + 2) + 1 + y) as u32, image::Rgb(rgb));
+                }
+            }
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    }
+    img.save(path)
+        .map_err(|e| TrainError::io(path, std::io::Error::other(e.to_string())))
+}

@@ -1,0 +1,571 @@
+//! The training loop of one worker: data -> forward -> loss -> backward -> [gradient all-reduce]
+//! -> global-norm clip -> AdamW -> [statistics all-reduce] -> quantizer `apply_stats`; metrics,
+//! validation, sample grids and checkpoints on rank 0. The two bracketed seams go through a
+//! [`Collective`], the identity for one process.
+
+use std::{
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use burn::{
+    module::AutodiffModule,
+    optim::{
+        AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer,
+        adaptor::OptimizerAdaptor,
+    },
+    record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder},
+    tensor::{Tensor, TensorData, backend::AutodiffBackend},
+};
+use models::Autoencoder;
+use quantizers::{EmaStats, Mode, QuantRng, Quantizer, shapes};
+use rand::SeedableRng;
+use serde_json::json;
+
+use crate::{
+    Checkpoints, Collective, SingleProcess, TrainConfig, TrainError,
+    checkpoint::{RngState, TrainState},
+    config::{ObjectiveConfig, Reconstruction},
+    data::{Dataset, Loader, LoaderOptions, Transform, load_batch, open_datasets},
+    grad_norm::clip_global_norm,
+    metrics::{MetricsWriter, psnr, save_grid},
+    schedule::learning_rate,
+};
+
+/// Whether to continue from the run directory's checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Continue from the newest valid checkpoint if there is one, else start fresh.
+    Auto,
+    /// Start fresh; refuse if the run directory already holds checkpoints.
+    Never,
+}
+
+type Optim<B> = OptimizerAdaptor<AdamW, Autoencoder<B>, B>;
+
+/// What one optimizer step measured.
+#[derive(Debug, Clone, Default)]
+pub struct StepStats {
+    /// Total loss.
+    pub loss: f32,
+    /// Reconstruction loss.
+    pub rec: f32,
+    /// Quantizer loss (weighted).
+    pub quant: f32,
+    /// Fraction of codes used by the batch.
+    pub used_fraction: f32,
+    /// Perplexity of the batch's codes.
+    pub perplexity: f32,
+    /// Mean `||e - q||^2`.
+    pub quant_error: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Codes restarted by dead-code restart.
+    pub restarted: usize,
+    /// The quantizer's weighted loss terms by name (`commitment`, `codebook`, ...).
+    pub terms: Vec<(&'static str, f32)>,
+}
+
+/// Validation results.
+#[derive(Debug, Clone, Default)]
+pub struct ValStats {
+    /// Mean squared error in `[-1, 1]` space.
+    pub mse: f64,
+    /// Mean absolute error.
+    pub l1: f64,
+    /// PSNR in dB.
+    pub psnr: f64,
+    /// Fraction of the codebook used over the whole validation set.
+    pub used_fraction: f64,
+    /// Perplexity of the validation code histogram.
+    pub perplexity: f64,
+    /// Mean `||e - q||^2`.
+    pub quant_error: f64,
+    /// Images evaluated.
+    pub images: usize,
+}
+
+/// One worker's training run.
+pub struct Trainer<B: AutodiffBackend> {
+    cfg: TrainConfig,
+    device: B::Device,
+    model: Option<Autoencoder<B>>,
+    optim: Optim<B>,
+    step: usize,
+    cursor: u64,
+    quant_rng: QuantRng,
+    run_dir: PathBuf,
+    checkpoints: Checkpoints,
+    metrics: Option<MetricsWriter>,
+    train_set: Arc<dyn Dataset>,
+    val_set: Arc<dyn Dataset>,
+    transform: Transform,
+    collective: Box<dyn Collective<B>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::new()
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// A single-process trainer.
+    pub fn new(cfg: TrainConfig, device: B::Device, resume: Resume) -> Result<Self, TrainError> {
+        Self::with_collective(cfg, device, resume, Box::new(SingleProcess))
+    }
+
+    /// A trainer that synchronizes through `collective`.
+    pub fn with_collective(
+        cfg: TrainConfig,
+        device: B::Device,
+        resume: Resume,
+        collective: Box<dyn Collective<B>>,
+    ) -> Result<Self, TrainError> {
+        let run_dir = cfg.run_dir();
+        let checkpoints = Checkpoints::new(&run_dir, cfg.run.keep_checkpoints);
+        if resume == Resume::Never && checkpoints.any() {
+            return Err(TrainError::Checkpoint {
+                path: checkpoints.dir().to_path_buf(),
+                reason: "this run already has checkpoints: continue it with `--resume auto`, or choose another run.name".into(),
+            });
+        }
+        std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io(&run_dir, e))?;
+        let (train_set, val_set, channels) = open_datasets(&cfg.data)?;
+        tracing::info!("train data: {}; validation: {}", train_set.describe(), val_set.describe());
+        let transform = Transform {
+            resolution: cfg.data.resolution,
+            resize: cfg.data.resize,
+            random_crop: cfg.data.random_crop,
+            flip: cfg.data.flip,
+            channels,
+        };
+        B::seed(&device, cfg.run.seed);
+        let mut model = cfg.model.init::<B>(&device)?;
+        let o = &cfg.optim;
+        let mut optim = AdamWConfig::new()
+            .with_beta_1(o.betas[0])
+            .with_beta_2(o.betas[1])
+            .with_epsilon(o.eps)
+            .with_weight_decay(o.weight_decay)
+            .init::<B, Autoencoder<B>>();
+        let mut step = 0;
+        let mut cursor = 0;
+        let mut quant_rng = QuantRng::seed_from_u64(cfg.run.seed ^ 0x5155_414e_5449_5a45);
+        let mut resumed_at = None;
+        if resume == Resume::Auto
+            && let Some((dir, state)) = checkpoints.latest_valid()
+        {
+            if state.config_hash != cfg.hash() {
+                tracing::warn!(
+                    "the configuration differs from the one checkpoint {} was written with; continuing with the new one",
+                    dir.display()
+                );
+            }
+            model = model
+                .load_file(dir.join("model"), &recorder(), &device)
+                .map_err(|e| TrainError::Checkpoint { path: dir.clone(), reason: format!("model: {e}") })?;
+            let record = recorder()
+                .load(dir.join("optim"), &device)
+                .map_err(|e| TrainError::Checkpoint { path: dir.clone(), reason: format!("optimizer: {e}") })?;
+            optim = optim.load_record(record);
+            quant_rng = state
+                .quant_rng
+                .restore()
+                .map_err(|reason| TrainError::Checkpoint { path: dir.clone(), reason })?;
+            step = state.step;
+            cursor = state.cursor;
+            resumed_at = Some(step);
+            tracing::info!("resumed from {} (step {step}, sample {cursor})", dir.display());
+        }
+        let metrics = if collective.rank() == 0 {
+            Some(MetricsWriter::open(&run_dir, resumed_at.or(Some(0)))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg,
+            device,
+            model: Some(model),
+            optim,
+            step,
+            cursor,
+            quant_rng,
+            run_dir,
+            checkpoints,
+            metrics,
+            train_set,
+            val_set,
+            transform,
+            collective,
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Optimizer steps done.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Autoencoder<B> {
+        self.model.as_ref().expect("model present between steps")
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// A flag that, once set (e.g. by a signal handler), makes the loop checkpoint and return
+    /// after the current step.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    fn tensor(&self, images: &[f32], shape: [usize; 4]) -> Tensor<B, 4> {
+        Tensor::from_data(TensorData::new(images.to_vec(), shape), &self.device)
+    }
+
+    /// Trains until `run.steps` (or until the stop flag is set); returns the final validation.
+    pub fn run(&mut self) -> Result<ValStats, TrainError> {
+        let total = self.cfg.run.steps;
+        self.train_until(total)?;
+        let val = self.validate_and_log()?;
+        if self.collective.rank() == 0 {
+            self.save_checkpoint()?;
+        }
+        Ok(val)
+    }
+
+    /// Trains until `last_step` steps are done (checkpointing on schedule).
+    pub fn train_until(&mut self, last_step: usize) -> Result<(), TrainError> {
+        let world = self.collective.world_size();
+        let batch = self.cfg.run.batch_size;
+        let opts = LoaderOptions {
+            batch: batch / world,
+            global_batch: batch,
+            rank: self.collective.rank(),
+            world,
+            workers: self.cfg.data.workers,
+            prefetch: self.cfg.data.prefetch,
+            seed: self.cfg.run.seed,
+        };
+        let mut loader = Loader::start(self.train_set.clone(), self.transform.clone(), opts, self.cursor);
+        let bar = (self.collective.rank() == 0 && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(last_step as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_position(self.step as u64);
+            bar
+        });
+        let started = Instant::now();
+        let mut window = (Instant::now(), 0usize, 0.0f64);
+        while self.step < last_step {
+            let wait = Instant::now();
+            let batch = loader.next().map_err(TrainError::Data)?;
+            let wait_secs = wait.elapsed().as_secs_f64();
+            let stats = self.train_step(&batch.images, batch.shape)?;
+            window.1 += 1;
+            window.2 += batch.decode_secs;
+            if let Some(bar) = &bar {
+                bar.set_position(self.step as u64);
+                bar.set_message(format!("loss {:.4}  codes {:.0}%", stats.loss, stats.used_fraction * 100.0));
+            }
+            if self.step.is_multiple_of(self.cfg.run.log_every) || self.step == last_step {
+                let secs = window.0.elapsed().as_secs_f64();
+                let images = (window.1 * batch.shape[0] * world) as f64;
+                let mut record = json!({
+                    "step": self.step,
+                    "loss": stats.loss,
+                    "rec": stats.rec,
+                    "quant_loss": stats.quant,
+                    "lr": learning_rate(&self.cfg.optim, self.step - 1, self.cfg.run.steps),
+                    "used_fraction": stats.used_fraction,
+                    "perplexity": stats.perplexity,
+                    "quant_error": stats.quant_error,
+                    "grad_norm": stats.grad_norm,
+                    "restarted_codes": stats.restarted,
+                    "images_per_s": images / secs.max(1e-9),
+                    "steps_per_s": window.1 as f64 / secs.max(1e-9),
+                    "data_images_per_s": (window.1 * batch.shape[0]) as f64 / window.2.max(1e-9),
+                    "data_wait_s": wait_secs,
+                    "skipped_images": loader.skipped(),
+                    "epoch": self.cursor as f64 / self.train_set.len() as f64,
+                    "elapsed_s": started.elapsed().as_secs_f64(),
+                });
+                for (name, v) in &stats.terms {
+                    record[format!("q_{name}")] = json!(v);
+                }
+                if bar.is_none() && self.collective.rank() == 0 {
+                    tracing::info!(
+                        "step {}/{last_step} loss {:.4} rec {:.4} codes {:.1}% ppl {:.1} {:.2} steps/s",
+                        self.step,
+                        stats.loss,
+                        stats.rec,
+                        stats.used_fraction * 100.0,
+                        stats.perplexity,
+                        window.1 as f64 / secs.max(1e-9)
+                    );
+                }
+                if let Some(m) = &mut self.metrics {
+                    m.write(&record)?;
+                }
+                window = (Instant::now(), 0, 0.0);
+            }
+            if self.cfg.run.val_every > 0 && self.step.is_multiple_of(self.cfg.run.val_every) && self.step < last_step {
+                self.validate_and_log()?;
+            }
+            let stopping = self.stop.load(Ordering::SeqCst);
+            if self.collective.rank() == 0
+                && (self.step.is_multiple_of(self.cfg.run.checkpoint_every) || stopping)
+            {
+                self.save_checkpoint()?;
+            }
+            if stopping {
+                tracing::info!("stop requested: checkpoint written at step {}", self.step);
+                break;
+            }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        Ok(())
+    }
+
+    /// One optimizer step on a (per-process) batch `[B, C, H, W]`.
+    pub fn train_step(&mut self, images: &[f32], shape: [usize; 4]) -> Result<StepStats, TrainError> {
+        let accumulate = self.cfg.optim.accumulate;
+        let [b, c, h, w] = shape;
+        let micro = b / accumulate;
+        let per = c * h * w;
+        let mut model = self.model.take().expect("model present");
+        let mut accumulator = GradientsAccumulator::<Autoencoder<B>>::new();
+        let mut stats_sum: Vec<EmaStats<B::InnerBackend>> = Vec::new();
+        let mut out = StepStats::default();
+        let (reconstruction, clamp, qw) = match &self.cfg.objective {
+            ObjectiveConfig::Vqvae { reconstruction, clamp_output, quantizer_weight } => {
+                (*reconstruction, *clamp_output, *quantizer_weight)
+            }
+            ObjectiveConfig::Vqgan(_) => {
+                self.model = Some(model);
+                return Err(TrainError::Data(
+                    "objective.kind = \"vqgan\" is not implemented in this trainer yet; use \"vqvae\"".into(),
+                ));
+            }
+        };
+        for m in 0..accumulate {
+            let x = self.tensor(&images[m * micro * per..(m + 1) * micro * per], [micro, c, h, w]);
+            if model.quantizer().needs_init() {
+                let latents = shapes::flatten_image(model.latents(x.clone()).detach());
+                model.quantizer_mut().init_from_batch(latents, &mut self.quant_rng);
+                tracing::info!("codebook initialized by k-means on the first batch");
+            }
+            let fwd = model.forward(x.clone(), Mode::Train);
+            let rec_img = if clamp { fwd.reconstruction.clamp(-1.0, 1.0) } else { fwd.reconstruction };
+            let rec = match reconstruction {
+                Reconstruction::Mse => (rec_img - x).powi_scalar(2).mean(),
+                Reconstruction::L1 => (rec_img - x).abs().mean(),
+            };
+            let quant = fwd.encoded.quant.loss() * qw;
+            let loss = rec.clone() + quant.clone();
+            let host = Tensor::cat(vec![loss.clone().detach(), rec.detach(), quant.detach()], 0)
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32");
+            out.loss += host[0] / accumulate as f32;
+            out.rec += host[1] / accumulate as f32;
+            out.quant += host[2] / accumulate as f32;
+            if !host[0].is_finite() {
+                self.model = Some(model);
+                return Err(TrainError::Diverged { step: self.step + 1, value: host[0] });
+            }
+            for term in &fwd.encoded.quant.losses {
+                let v = term.value.clone().into_scalar().elem::<f32>() * qw / accumulate as f32;
+                match out.terms.iter_mut().find(|(n, _)| *n == term.name) {
+                    Some((_, acc)) => *acc += v,
+                    None => out.terms.push((term.name, v)),
+                }
+            }
+            let (used, ppl, qe) = fwd.encoded.quant.usage.to_host();
+            out.used_fraction += used / accumulate as f32;
+            out.perplexity += ppl / accumulate as f32;
+            out.quant_error += qe / accumulate as f32;
+            let grads = (loss / accumulate as f32).backward();
+            accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+            let stats: Vec<EmaStats<B::InnerBackend>> = fwd
+                .encoded
+                .quant
+                .stats
+                .into_iter()
+                .map(|s| EmaStats {
+                    counts: s.counts.inner(),
+                    sums: s.sums.inner(),
+                    candidates: s.candidates.inner(),
+                })
+                .collect();
+            stats_sum = if stats_sum.is_empty() {
+                stats
+            } else {
+                stats_sum
+                    .into_iter()
+                    .zip(stats)
+                    .map(|(a, b)| EmaStats {
+                        counts: a.counts + b.counts,
+                        sums: a.sums + b.sums,
+                        candidates: Tensor::cat(vec![a.candidates, b.candidates], 0),
+                    })
+                    .collect()
+            };
+        }
+        // Seam 1: gradients averaged over processes, then clipped by their global norm.
+        let mut grads = self.collective.all_reduce_grads(accumulator.grads());
+        out.grad_norm = clip_global_norm(&model, &mut grads, self.cfg.optim.grad_clip);
+        let lr = learning_rate(&self.cfg.optim, self.step, self.cfg.run.steps);
+        model = self.optim.step(lr, model, grads);
+        // Seam 2: EMA statistics summed over processes before the codebook update.
+        let stats = self.collective.all_reduce_stats(stats_sum);
+        if !stats.is_empty() {
+            let stats = stats
+                .into_iter()
+                .map(|s| EmaStats {
+                    counts: Tensor::from_inner(s.counts),
+                    sums: Tensor::from_inner(s.sums),
+                    candidates: Tensor::from_inner(s.candidates),
+                })
+                .collect();
+            out.restarted = model.quantizer_mut().apply_stats(stats, &mut self.quant_rng)?.restarted_codes;
+        }
+        self.model = Some(model);
+        self.step += 1;
+        self.cursor += self.cfg.run.batch_size as u64;
+        Ok(out)
+    }
+
+    /// Evaluates on up to `run.val_batches` batches of the validation set (center crops, eval
+    /// mode): reconstruction error, PSNR and codebook usage over all of them.
+    pub fn validate(&self) -> Result<(ValStats, Option<(Vec<f32>, Vec<f32>, [usize; 4])>), TrainError> {
+        let model = self.model().valid();
+        let eval = self.transform.eval();
+        let k = model.quantizer().codebook_size();
+        let levels = model.quantizer().num_levels();
+        let mut hist = vec![0u64; k];
+        let n = self.val_set.len().min(self.cfg.run.val_batches * self.cfg.run.batch_size);
+        let mut v = ValStats::default();
+        let mut sample = None;
+        let bs = self.cfg.run.batch_size.min(n.max(1));
+        let mut start = 0;
+        while start < n {
+            let idx: Vec<usize> = (start..(start + bs).min(n)).collect();
+            let batch = load_batch(self.val_set.as_ref(), &eval, &idx, self.cfg.data.workers).map_err(TrainError::Data)?;
+            let x = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(batch.images.clone(), batch.shape), &self.device);
+            let out = model.forward(x.clone(), Mode::Eval);
+            let clamp = matches!(self.cfg.objective, ObjectiveConfig::Vqvae { clamp_output: true, .. });
+            let rec = if clamp { out.reconstruction.clone().clamp(-1.0, 1.0) } else { out.reconstruction.clone() };
+            let diff = rec - x;
+            let m = idx.len() as f64;
+            v.mse += diff.clone().powi_scalar(2).mean().into_scalar().elem::<f64>() * m;
+            v.l1 += diff.abs().mean().into_scalar().elem::<f64>() * m;
+            let (_, _, qe) = out.encoded.quant.usage.to_host();
+            v.quant_error += qe as f64 * m;
+            let ids = out.encoded.quant.indices.into_data().convert::<i64>().to_vec::<i64>().expect("ints");
+            for i in ids {
+                hist[i as usize] += 1;
+            }
+            if sample.is_none() {
+                let s = batch.shape;
+                let take = s[0].min(8);
+                let per = s[1] * s[2] * s[3];
+                let rec = out.reconstruction.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+                sample = Some((batch.images[..take * per].to_vec(), rec[..take * per].to_vec(), [take, s[1], s[2], s[3]]));
+            }
+            v.images += idx.len();
+            start += bs;
+        }
+        let m = v.images.max(1) as f64;
+        v.mse /= m;
+        v.l1 /= m;
+        v.quant_error /= m;
+        v.psnr = psnr(v.mse);
+        let total: u64 = hist.iter().sum();
+        v.used_fraction = hist.iter().filter(|c| **c > 0).count() as f64 / k as f64;
+        let entropy: f64 = hist
+            .iter()
+            .filter(|c| **c > 0)
+            .map(|c| {
+                let p = *c as f64 / total as f64;
+                -p * p.ln()
+            })
+            .sum();
+        v.perplexity = entropy.exp();
+        let _ = levels;
+        Ok((v, sample))
+    }
+
+    fn validate_and_log(&mut self) -> Result<ValStats, TrainError> {
+        let (v, sample) = self.validate()?;
+        if self.collective.rank() == 0 {
+            tracing::info!(
+                "validation at step {}: mse {:.5} psnr {:.2} dB, codes used {:.1}%, perplexity {:.1}",
+                self.step,
+                v.mse,
+                v.psnr,
+                v.used_fraction * 100.0,
+                v.perplexity
+            );
+            if let Some(m) = &mut self.metrics {
+                m.write(&json!({
+                    "step": self.step,
+                    "split": "val",
+                    "mse": v.mse,
+                    "l1": v.l1,
+                    "psnr": v.psnr,
+                    "used_fraction": v.used_fraction,
+                    "perplexity": v.perplexity,
+                    "quant_error": v.quant_error,
+                    "images": v.images,
+                }))?;
+            }
+            if let Some((orig, rec, shape)) = sample {
+                let path = self.run_dir.join("samples").join(format!("step-{:08}.png", self.step));
+                save_grid(&path, &orig, &rec, shape)?;
+            }
+        }
+        Ok(v)
+    }
+
+    /// Writes a checkpoint of the current state (rank 0).
+    pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+        let state = TrainState {
+            step: self.step,
+            cursor: self.cursor,
+            quant_rng: RngState::capture(&self.quant_rng),
+            config_hash: self.cfg.hash(),
+            world_size: self.collective.world_size(),
+        };
+        let model = self.model().clone();
+        let optim_record = self.optim.to_record();
+        let cfg_toml = toml::to_string(&self.cfg).unwrap_or_default();
+        let dir = self.checkpoints.save(&state, |dir| {
+            model
+                .save_file(dir.join("model"), &recorder())
+                .map_err(|e| TrainError::Checkpoint { path: dir.to_path_buf(), reason: format!("model: {e}") })?;
+            recorder()
+                .record(optim_record, dir.join("optim"))
+                .map_err(|e| TrainError::Checkpoint { path: dir.to_path_buf(), reason: format!("optimizer: {e}") })?;
+            std::fs::write(dir.join("config.toml"), cfg_toml).map_err(|e| TrainError::io(dir, e))
+        })?;
+        tracing::debug!("checkpoint written: {}", dir.display());
+        Ok(dir)
+    }
+}
+
+use burn::module::Module;
+use burn::tensor::ElementConversion;
