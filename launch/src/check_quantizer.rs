@@ -26,7 +26,8 @@ pub fn check_quantizer(path: &Path) -> Result<()> {
         .init::<CpuBackend>(&device)
         .with_context(|| format!("{}: [quantizer]", path.display()))?;
     let dim = quantizer.input_dim();
-    let latents = Tensor::<CpuBackend, 2>::random([4096, dim], Distribution::Normal(0.0, 1.0), &device);
+    let latents =
+        Tensor::<CpuBackend, 2>::random([4096, dim], Distribution::Normal(0.0, 1.0), &device);
     let out = quantizer.quantize(latents, Mode::Train);
     let (used, perplexity, quant_error) = out.usage.to_host();
     let loss = out.loss().into_scalar();

@@ -11,11 +11,15 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use trainer::{Resume, TrainConfig, Trainer};
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+use trainer::{Resume, TrainConfig, Trainer};
 
 #[derive(Parser)]
-#[command(name = "launch", version, about = "rotor: train vector-quantized autoencoders")]
+#[command(
+    name = "launch",
+    version,
+    about = "rotor: train vector-quantized autoencoders"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -64,20 +68,35 @@ fn init_logs(log_file: Option<&std::path::Path>) -> Result<()> {
                 .append(true)
                 .open(p)
                 .with_context(|| format!("cannot open log file {}", p.display()))?;
-            Some(fmt::layer().with_writer(std::sync::Mutex::new(f)).with_ansi(false).with_target(false))
+            Some(
+                fmt::layer()
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_ansi(false)
+                    .with_target(false),
+            )
         }
         None => None,
     };
-    tracing_subscriber::registry().with(filter).with(stderr).with(file).try_init().ok();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
+        .try_init()
+        .ok();
     Ok(())
 }
 
 fn train(config: PathBuf, resume: ResumeArg, overrides: Vec<String>) -> Result<()> {
     let cfg = TrainConfig::load(&config, &overrides)?;
     let run_dir = cfg.run_dir();
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
     init_logs(Some(&run_dir.join("train.log")))?;
-    tracing::info!("config {} -> run directory {}", config.display(), run_dir.display());
+    tracing::info!(
+        "config {} -> run directory {}",
+        config.display(),
+        run_dir.display()
+    );
     let resume = match resume {
         ResumeArg::Auto => Resume::Auto,
         ResumeArg::Never => Resume::Never,
@@ -109,11 +128,17 @@ fn run() -> Result<()> {
         }
         (Some(Command::CheckConfig { config, overrides }), _) => {
             let cfg = TrainConfig::load(&config, &overrides)?;
-            println!("{}: ok (run directory {})", config.display(), cfg.run_dir().display());
+            println!(
+                "{}: ok (run directory {})",
+                config.display(),
+                cfg.run_dir().display()
+            );
             Ok(())
         }
         (None, Some(config)) => train(config, cli.resume, cli.overrides),
-        (None, None) => anyhow::bail!("no config given: `launch CONFIG.toml` (see `launch --help`)"),
+        (None, None) => {
+            anyhow::bail!("no config given: `launch CONFIG.toml` (see `launch --help`)")
+        }
     }
 }
 

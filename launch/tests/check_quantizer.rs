@@ -77,18 +77,34 @@ fn check_config_applies_environment_and_overrides_and_names_bad_keys() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let run = |env: Option<(&str, &str)>, args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_launch"));
-        cmd.current_dir(&root).arg("check-config").arg(&config).args(args);
+        cmd.current_dir(&root)
+            .arg("check-config")
+            .arg(&config)
+            .args(args);
         if let Some((k, v)) = env {
             cmd.env(k, v);
         }
         let out = cmd.output().unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     };
     let (ok, text) = run(None, &[]);
     assert!(ok, "{text}");
     let (ok, text) = run(Some(("ROTOR__OPTIM__LR", "-1")), &[]);
-    assert!(!ok && text.contains("optim.lr") && text.contains("quickstart.toml"), "{text}");
-    let (ok, text) = run(Some(("ROTOR__OPTIM__LR", "-1")), &["--set", "optim.lr=2e-4"]);
+    assert!(
+        !ok && text.contains("optim.lr") && text.contains("quickstart.toml"),
+        "{text}"
+    );
+    let (ok, text) = run(
+        Some(("ROTOR__OPTIM__LR", "-1")),
+        &["--set", "optim.lr=2e-4"],
+    );
     assert!(ok, "--set wins over the environment: {text}");
     let (ok, text) = run(None, &["--set", "run.batch_size=0"]);
     assert!(!ok && text.contains("run.batch_size"), "{text}");

@@ -2,15 +2,14 @@
 //! (`kind = "vq_model" | "peer"`), so the trainer drives them without knowing which is inside.
 
 use burn::{
-    module::{Module, Param},
+    module::Module,
+    nn::conv::Conv2d,
     tensor::{Int, Tensor, backend::Backend},
 };
 use quantizers::{AnyQuantizer, Mode};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    ModelError, PeerAutoencoder, PeerAutoencoderConfig, VqModel, VqModelConfig, VqOutput,
-};
+use crate::{ModelError, PeerAutoencoder, PeerAutoencoderConfig, VqModel, VqModelConfig, VqOutput};
 
 /// Which autoencoder to build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,11 +98,11 @@ impl<B: Backend> Autoencoder<B> {
         }
     }
 
-    /// The decoder's last layer weight (the adaptive GAN weight's anchor).
-    pub fn last_layer(&self) -> &Param<Tensor<B, 4>> {
+    /// The decoder's last layer (the adaptive GAN weight's anchor): `decoder.conv_out`.
+    pub fn last_layer(&self) -> &Conv2d<B> {
         match self {
-            Self::VqModel(m) => m.decoder.last_layer(),
-            Self::Peer(m) => &m.dec2.weight,
+            Self::VqModel(m) => &m.decoder.conv_out,
+            Self::Peer(m) => &m.dec2,
         }
     }
 

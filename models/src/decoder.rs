@@ -85,6 +85,11 @@ impl<B: Backend> Decoder<B> {
 
     /// Decodes latents.
     pub fn forward(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_with_features(z).0
+    }
+
+    /// Decodes latents, also returning the input of `conv_out`.
+    pub fn forward_with_features(&self, z: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let mut h = self.mid.forward(self.conv_in.forward(z));
         for level in self.up.iter().rev() {
             for (i, block) in level.block.iter().enumerate() {
@@ -97,7 +102,8 @@ impl<B: Backend> Decoder<B> {
                 h = us.forward(h);
             }
         }
-        self.conv_out.forward(swish(self.norm_out.forward(h)))
+        let h = swish(self.norm_out.forward(h));
+        (self.conv_out.forward(h.clone()), h)
     }
 
     /// `decoder.conv_out.weight`: where taming measures gradient norms for the adaptive GAN weight.

@@ -38,7 +38,10 @@ impl PeerAutoencoderConfig {
     /// Builds the network.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<PeerAutoencoder<B>, ModelError> {
         if self.in_channels == 0 || self.hidden == 0 {
-            return Err(ModelError::config("hidden", "channel counts must be at least 1"));
+            return Err(ModelError::config(
+                "hidden",
+                "channel counts must be at least 1",
+            ));
         }
         self.quantizer.validate()?;
         let d = self.quantizer.input_dim();
@@ -91,22 +94,33 @@ impl<B: Backend> PeerAutoencoder<B> {
 
     /// Decodes quantized latents.
     pub fn decode(&self, q: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = gelu(self.dec1.forward(upsample_nearest2(q)));
-        self.dec2.forward(upsample_nearest2(h))
+        self.decode_with_features(q).0
+    }
+
+    /// Decodes, also returning the input of the last conv.
+    pub fn decode_with_features(&self, q: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let h = upsample_nearest2(gelu(self.dec1.forward(upsample_nearest2(q))));
+        (self.dec2.forward(h.clone()), h)
     }
 
     /// Decodes index maps `[B, levels, h, w]`.
     pub fn decode_indices(&self, indices: Tensor<B, 4, Int>) -> Tensor<B, 4> {
         let [b, l, h, w] = indices.dims();
         let rows = indices.permute([0, 2, 3, 1]).reshape([b * h * w, l]);
-        self.decode(shapes::unflatten_image(self.quantize.decode(rows), [b, h, w]))
+        self.decode(shapes::unflatten_image(
+            self.quantize.decode(rows),
+            [b, h, w],
+        ))
     }
 
     /// Encode, quantize, decode.
     pub fn forward(&self, x: Tensor<B, 4>, mode: Mode) -> VqOutput<B> {
         let encoded = self.encode(x, mode);
+        let (reconstruction, decoder_features) =
+            self.decode_with_features(encoded.quantized.clone());
         VqOutput {
-            reconstruction: self.decode(encoded.quantized.clone()),
+            reconstruction,
+            decoder_features,
             encoded,
         }
     }

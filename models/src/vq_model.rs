@@ -79,6 +79,9 @@ impl<B: Backend> Encoded<B> {
 pub struct VqOutput<B: Backend> {
     /// `[B, out_ch, H, W]`.
     pub reconstruction: Tensor<B, 4>,
+    /// The input of the decoder's last layer (`reconstruction = last_layer(decoder_features)`):
+    /// what the adaptive GAN weight needs to measure gradient norms at that layer.
+    pub decoder_features: Tensor<B, 4>,
     /// The encoding.
     pub encoded: Encoded<B>,
 }
@@ -121,6 +124,12 @@ impl<B: Backend> VqModel<B> {
             .forward(self.post_quant_conv.forward(quantized))
     }
 
+    /// Decodes, also returning the input of the decoder's last conv.
+    pub fn decode_with_features(&self, quantized: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        self.decoder
+            .forward_with_features(self.post_quant_conv.forward(quantized))
+    }
+
     /// Decodes index maps `[B, levels, h, w]` (as [`Encoded::index_maps`] gives them).
     pub fn decode_indices(&self, indices: Tensor<B, 4, Int>) -> Tensor<B, 4> {
         let [b, l, h, w] = indices.dims();
@@ -132,8 +141,11 @@ impl<B: Backend> VqModel<B> {
     /// Encode, quantize, decode.
     pub fn forward(&self, x: Tensor<B, 4>, mode: Mode) -> VqOutput<B> {
         let encoded = self.encode(x, mode);
+        let (reconstruction, decoder_features) =
+            self.decode_with_features(encoded.quantized.clone());
         VqOutput {
-            reconstruction: self.decode(encoded.quantized.clone()),
+            reconstruction,
+            decoder_features,
             encoded,
         }
     }

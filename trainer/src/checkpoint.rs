@@ -64,7 +64,11 @@ impl RngState {
         }
         let mut rng = rand_chacha::ChaCha8Rng::from_seed(seed);
         rng.set_stream(self.stream);
-        rng.set_word_pos(self.word_pos.parse().map_err(|e| format!("rng word_pos: {e}"))?);
+        rng.set_word_pos(
+            self.word_pos
+                .parse()
+                .map_err(|e| format!("rng word_pos: {e}"))?,
+        );
         Ok(rng)
     }
 }
@@ -151,12 +155,20 @@ impl Checkpoints {
         let mut files = BTreeMap::new();
         for entry in std::fs::read_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))? {
             let p = entry.map_err(|e| TrainError::io(&tmp, e))?.path();
-            File::open(&p).and_then(|f| f.sync_all()).map_err(|e| TrainError::io(&p, e))?;
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| TrainError::io(&p, e))?;
             let n = p.file_name().unwrap().to_string_lossy().to_string();
             files.insert(n, sha256_file(&p).map_err(|e| TrainError::io(&p, e))?);
         }
-        let manifest = Manifest { step: state.step, files };
-        write_atomic(&tmp.join("manifest.json"), &serde_json::to_vec_pretty(&manifest).unwrap())?;
+        let manifest = Manifest {
+            step: state.step,
+            files,
+        };
+        write_atomic(
+            &tmp.join("manifest.json"),
+            &serde_json::to_vec_pretty(&manifest).unwrap(),
+        )?;
         fsync_dir(&tmp)?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
@@ -175,7 +187,9 @@ impl Checkpoints {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let n = e.file_name().to_string_lossy().to_string();
-                n.strip_prefix("step-").and_then(|s| s.parse().ok()).map(|s| (s, e.path()))
+                n.strip_prefix("step-")
+                    .and_then(|s| s.parse().ok())
+                    .map(|s| (s, e.path()))
             })
             .collect();
         v.sort();
@@ -202,11 +216,15 @@ impl Checkpoints {
         for (name, want) in &manifest.files {
             let got = sha256_file(&dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
             if &got != want {
-                return Err(format!("{name}: sha256 {got} does not match the manifest ({want}): truncated or corrupted"));
+                return Err(format!(
+                    "{name}: sha256 {got} does not match the manifest ({want}): truncated or corrupted"
+                ));
             }
         }
-        serde_json::from_slice(&std::fs::read(dir.join("state.json")).map_err(|e| format!("state.json: {e}"))?)
-            .map_err(|e| format!("state.json: {e}"))
+        serde_json::from_slice(
+            &std::fs::read(dir.join("state.json")).map_err(|e| format!("state.json: {e}"))?,
+        )
+        .map_err(|e| format!("state.json: {e}"))
     }
 
     /// The newest checkpoint that verifies, starting from `latest`; each rejected one is logged.
@@ -215,7 +233,10 @@ impl Checkpoints {
         candidates.reverse();
         if let Ok(l) = std::fs::read_to_string(self.dir.join("latest")) {
             let l = l.trim();
-            if let Some(pos) = candidates.iter().position(|(_, p)| p.file_name().is_some_and(|n| n == l)) {
+            if let Some(pos) = candidates
+                .iter()
+                .position(|(_, p)| p.file_name().is_some_and(|n| n == l))
+            {
                 let c = candidates.remove(pos);
                 candidates.insert(0, c);
             }
@@ -223,7 +244,10 @@ impl Checkpoints {
         for (_, dir) in candidates {
             match Self::verify(&dir) {
                 Ok(state) => return Some((dir, state)),
-                Err(e) => tracing::warn!("checkpoint {} is unusable ({e}); trying the previous one", dir.display()),
+                Err(e) => tracing::warn!(
+                    "checkpoint {} is unusable ({e}); trying the previous one",
+                    dir.display()
+                ),
             }
         }
         None

@@ -311,7 +311,8 @@ impl TrainConfig {
             let key = e.path().to_string();
             err(format!("key `{key}`: {}", e.inner()))
         })?;
-        cfg.validate().map_err(|(key, reason)| err(format!("key `{key}`: {reason}")))?;
+        cfg.validate()
+            .map_err(|(key, reason)| err(format!("key `{key}`: {reason}")))?;
         Ok(cfg)
     }
 
@@ -334,7 +335,9 @@ impl TrainConfig {
     pub fn check_paths(&self) -> Result<(), (String, String)> {
         let e = |k: &str, r: String| Err((k.to_string(), r));
         let mut paths: Vec<(&str, &Path)> = match &self.data.source {
-            DataSource::FashionMnist { train, val } => vec![("data.source.train", train), ("data.source.val", val)],
+            DataSource::FashionMnist { train, val } => {
+                vec![("data.source.train", train), ("data.source.val", val)]
+            }
             DataSource::ImageFolder { train, val, .. } => {
                 let mut p = vec![("data.source.train", train.as_path())];
                 if let Some(v) = val {
@@ -356,7 +359,8 @@ impl TrainConfig {
         for (key, p) in paths {
             if !p.exists() {
                 let hint = if key.starts_with("data") {
-                    "run scripts/fetch-data.sh for the sample data, or point it at your dataset".to_string()
+                    "run scripts/fetch-data.sh for the sample data, or point it at your dataset"
+                        .to_string()
                 } else {
                     models::LPIPS_HOWTO.to_string()
                 };
@@ -378,26 +382,39 @@ impl TrainConfig {
         if self.run.batch_size == 0 {
             return e("run.batch_size", "must be at least 1".into());
         }
-        if self.optim.accumulate == 0 || !self.run.batch_size.is_multiple_of(self.optim.accumulate) {
+        if self.optim.accumulate == 0 || !self.run.batch_size.is_multiple_of(self.optim.accumulate)
+        {
             return e(
                 "optim.accumulate",
-                format!("must divide run.batch_size = {} (got {})", self.run.batch_size, self.optim.accumulate),
+                format!(
+                    "must divide run.batch_size = {} (got {})",
+                    self.run.batch_size, self.optim.accumulate
+                ),
             );
         }
-        if self.run.log_every == 0 || self.run.checkpoint_every == 0 || self.run.keep_checkpoints == 0 {
-            return e("run.log_every", "log_every, checkpoint_every and keep_checkpoints must be >= 1".into());
+        if self.run.log_every == 0
+            || self.run.checkpoint_every == 0
+            || self.run.keep_checkpoints == 0
+        {
+            return e(
+                "run.log_every",
+                "log_every, checkpoint_every and keep_checkpoints must be >= 1".into(),
+            );
         }
         if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
             return e("optim.lr", format!("must be > 0, got {}", self.optim.lr));
         }
         if self.optim.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            return e("optim.betas", format!("each must be in [0, 1), got {:?}", self.optim.betas));
+            return e(
+                "optim.betas",
+                format!("each must be in [0, 1), got {:?}", self.optim.betas),
+            );
         }
         if !(0.0..=1.0).contains(&self.optim.final_lr_fraction) {
             return e("optim.final_lr_fraction", "must be in [0, 1]".into());
         }
         if let Some(c) = self.optim.grad_clip
-            && !(c > 0.0)
+            && c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
         {
             return e("optim.grad_clip", format!("must be > 0, got {c}"));
         }
@@ -408,7 +425,10 @@ impl TrainConfig {
         if self.data.resolution == 0 || !self.data.resolution.is_multiple_of(f) {
             return e(
                 "data.resolution",
-                format!("must be a positive multiple of the model's downsampling factor {f}, got {}", self.data.resolution),
+                format!(
+                    "must be a positive multiple of the model's downsampling factor {f}, got {}",
+                    self.data.resolution
+                ),
             );
         }
         if self.data.workers == 0 || self.data.prefetch == 0 {
@@ -416,12 +436,19 @@ impl TrainConfig {
         }
         let channels = match &self.data.source {
             DataSource::FashionMnist { .. } => 1,
-            DataSource::ImageFolder { val_fraction, channels, .. } => {
+            DataSource::ImageFolder {
+                val_fraction,
+                channels,
+                ..
+            } => {
                 if !(0.0..1.0).contains(val_fraction) {
                     return e("data.source.val_fraction", "must be in [0, 1)".into());
                 }
                 if *channels != 1 && *channels != 3 {
-                    return e("data.source.channels", format!("must be 1 or 3, got {channels}"));
+                    return e(
+                        "data.source.channels",
+                        format!("must be 1 or 3, got {channels}"),
+                    );
                 }
                 *channels
             }
@@ -429,18 +456,28 @@ impl TrainConfig {
         if channels != self.model.channels() {
             return e(
                 "model",
-                format!("the model takes {} image channels but the data has {channels}", self.model.channels()),
+                format!(
+                    "the model takes {} image channels but the data has {channels}",
+                    self.model.channels()
+                ),
             );
         }
         if let ObjectiveConfig::Vqgan(v) = &self.objective {
             if v.perceptual_weight > 0.0 && (v.lpips.vgg16.is_none() || v.lpips.heads.is_none()) {
                 return e(
                     "objective.lpips",
-                    format!("perceptual_weight is {} but no LPIPS weight files are set. {}", v.perceptual_weight, models::LPIPS_HOWTO),
+                    format!(
+                        "perceptual_weight is {} but no LPIPS weight files are set. {}",
+                        v.perceptual_weight,
+                        models::LPIPS_HOWTO
+                    ),
                 );
             }
             if !matches!(self.model, AutoencoderKind::VqModel(_)) {
-                return e("objective.kind", "vqgan needs model.kind = \"vq_model\"".into());
+                return e(
+                    "objective.kind",
+                    "vqgan needs model.kind = \"vq_model\"".into(),
+                );
             }
         }
         Ok(())

@@ -41,7 +41,9 @@ pub enum TrainError {
     #[error(transparent)]
     Quantizer(#[from] quantizers::QuantizerError),
     /// The loss became NaN or infinite.
-    #[error("step {step}: loss is {value}: training diverged (lower optim.lr or enable optim.grad_clip)")]
+    #[error(
+        "step {step}: loss is {value}: training diverged (lower optim.lr or enable optim.grad_clip)"
+    )]
     Diverged {
         /// The step.
         step: usize,

@@ -15,7 +15,10 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Ids {
     }
 }
 
-fn sq_norm<B: AutodiffBackend, const D: usize>(grads: &GradientsParams, id: ParamId) -> Option<f64> {
+fn sq_norm<B: AutodiffBackend, const D: usize>(
+    grads: &GradientsParams,
+    id: ParamId,
+) -> Option<f64> {
     grads
         .get::<B::InnerBackend, D>(id)
         .map(|g| g.powi_scalar(2).sum().into_scalar().elem::<f64>())

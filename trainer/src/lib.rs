@@ -10,6 +10,7 @@ mod collective;
 mod config;
 pub mod data;
 mod error;
+mod gan;
 mod grad_norm;
 mod metrics;
 mod schedule;
@@ -22,6 +23,7 @@ pub use config::{
     Schedule, TrainConfig, VqganObjective,
 };
 pub use error::TrainError;
+pub use gan::GanLogs;
 pub use grad_norm::{clip_global_norm, global_norm};
 pub use metrics::{MetricsWriter, psnr, save_grid};
 pub use models;

@@ -64,7 +64,12 @@ pub fn psnr(mse: f64) -> f64 {
 
 /// Saves a grid: `top` and `bottom` are `[n, c, h, w]` values in `[-1, 1]`, side by side per
 /// column (at most `n` columns).
-pub fn save_grid(path: &Path, top: &[f32], bottom: &[f32], shape: [usize; 4]) -> Result<(), TrainError> {
+pub fn save_grid(
+    path: &Path,
+    top: &[f32],
+    bottom: &[f32],
+    shape: [usize; 4],
+) -> Result<(), TrainError> {
     let [n, c, h, w] = shape;
     let (gw, gh) = ((n * (w + 2)) as u32, (2 * (h + 2)) as u32);
     let mut img = image::RgbImage::from_pixel(gw, gh, image::Rgb([255, 255, 255]));
@@ -76,8 +81,16 @@ pub fn save_grid(path: &Path, top: &[f32], bottom: &[f32], shape: [usize; 4]) ->
                         let v = data[((i * c + ch) * h + y) * w + x];
                         ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
                     };
-                    let rgb = if c == 1 { [px(0); 3] } else { [px(0), px(1), px(2)] };
-                    img.put_pixel((i * (w + 2) + 1 + x) as u32, (row * (h + 2) + 1 + y) as u32, image::Rgb(rgb));
+                    let rgb = if c == 1 {
+                        [px(0); 3]
+                    } else {
+                        [px(0), px(1), px(2)]
+                    };
+                    img.put_pixel(
+                        (i * (w + 2) + 1 + x) as u32,
+                        (row * (h + 2) + 1 + y) as u32,
+                        image::Rgb(rgb),
+                    );
                 }
             }
         }

@@ -42,7 +42,12 @@ mod tests {
         assert!((learning_rate(&cfg, 10, 110) - 1e-3).abs() < 1e-12);
         assert!((learning_rate(&cfg, 60, 110) - 7.5e-4).abs() < 1e-9);
         assert!((learning_rate(&cfg, 110, 110) - 5e-4).abs() < 1e-12);
-        let lin = OptimConfig { schedule: Schedule::Linear, warmup_steps: 0, final_lr_fraction: 0.0, ..cfg };
+        let lin = OptimConfig {
+            schedule: Schedule::Linear,
+            warmup_steps: 0,
+            final_lr_fraction: 0.0,
+            ..cfg
+        };
         assert!((learning_rate(&lin, 50, 100) - 5e-4).abs() < 1e-12);
     }
 }

@@ -16,7 +16,7 @@ use std::{
 use burn::{
     module::AutodiffModule,
     optim::{
-        AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer,
+        AdamConfig, AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer,
         adaptor::OptimizerAdaptor,
     },
     record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder},
@@ -32,6 +32,7 @@ use crate::{
     checkpoint::{RngState, TrainState},
     config::{ObjectiveConfig, Reconstruction},
     data::{Dataset, Loader, LoaderOptions, Transform, load_batch, open_datasets},
+    gan::{Gan, GanLogs},
     grad_norm::clip_global_norm,
     metrics::{MetricsWriter, psnr, save_grid},
     schedule::learning_rate,
@@ -47,6 +48,9 @@ pub enum Resume {
 }
 
 type Optim<B> = OptimizerAdaptor<AdamW, Autoencoder<B>, B>;
+
+/// Inputs, reconstructions and their shape `[n, c, h, w]`, for a PNG grid.
+pub type SampleGrid = (Vec<f32>, Vec<f32>, [usize; 4]);
 
 /// What one optimizer step measured.
 #[derive(Debug, Clone, Default)]
@@ -69,6 +73,8 @@ pub struct StepStats {
     pub restarted: usize,
     /// The quantizer's weighted loss terms by name (`commitment`, `codebook`, ...).
     pub terms: Vec<(&'static str, f32)>,
+    /// GAN terms (VQGAN objective).
+    pub gan: Option<GanLogs>,
 }
 
 /// Validation results.
@@ -107,6 +113,7 @@ pub struct Trainer<B: AutodiffBackend> {
     transform: Transform,
     collective: Box<dyn Collective<B>>,
     stop: Arc<AtomicBool>,
+    gan: Option<Gan<B>>,
 }
 
 fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
@@ -136,7 +143,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io(&run_dir, e))?;
         let (train_set, val_set, channels) = open_datasets(&cfg.data)?;
-        tracing::info!("train data: {}; validation: {}", train_set.describe(), val_set.describe());
+        tracing::info!(
+            "train data: {}; validation: {}",
+            train_set.describe(),
+            val_set.describe()
+        );
         let transform = Transform {
             resolution: cfg.data.resolution,
             resize: cfg.data.resize,
@@ -153,6 +164,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             .with_epsilon(o.eps)
             .with_weight_decay(o.weight_decay)
             .init::<B, Autoencoder<B>>();
+        let mut gan = match &cfg.objective {
+            ObjectiveConfig::Vqgan(v) => Some(Gan::new(v, cfg.optim.betas, &device)?),
+            ObjectiveConfig::Vqvae { .. } => None,
+        };
         let mut step = 0;
         let mut cursor = 0;
         let mut quant_rng = QuantRng::seed_from_u64(cfg.run.seed ^ 0x5155_414e_5449_5a45);
@@ -168,19 +183,53 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             model = model
                 .load_file(dir.join("model"), &recorder(), &device)
-                .map_err(|e| TrainError::Checkpoint { path: dir.clone(), reason: format!("model: {e}") })?;
-            let record = recorder()
-                .load(dir.join("optim"), &device)
-                .map_err(|e| TrainError::Checkpoint { path: dir.clone(), reason: format!("optimizer: {e}") })?;
+                .map_err(|e| TrainError::Checkpoint {
+                    path: dir.clone(),
+                    reason: format!("model: {e}"),
+                })?;
+            let record = recorder().load(dir.join("optim"), &device).map_err(|e| {
+                TrainError::Checkpoint {
+                    path: dir.clone(),
+                    reason: format!("optimizer: {e}"),
+                }
+            })?;
             optim = optim.load_record(record);
+            if let Some(g) = &mut gan {
+                let disc = g.disc.take().expect("disc");
+                g.disc = Some(
+                    disc.load_file(dir.join("disc"), &recorder(), &device)
+                        .map_err(|e| TrainError::Checkpoint {
+                            path: dir.clone(),
+                            reason: format!("discriminator: {e}"),
+                        })?,
+                );
+                let record = recorder()
+                    .load(dir.join("disc_optim"), &device)
+                    .map_err(|e| TrainError::Checkpoint {
+                        path: dir.clone(),
+                        reason: format!("discriminator optimizer: {e}"),
+                    })?;
+                let fresh = AdamConfig::new()
+                    .with_beta_1(cfg.optim.betas[0])
+                    .with_beta_2(cfg.optim.betas[1])
+                    .init();
+                g.optim =
+                    Optimizer::<models::NLayerDiscriminator<B>, B>::load_record(fresh, record);
+            }
             quant_rng = state
                 .quant_rng
                 .restore()
-                .map_err(|reason| TrainError::Checkpoint { path: dir.clone(), reason })?;
+                .map_err(|reason| TrainError::Checkpoint {
+                    path: dir.clone(),
+                    reason,
+                })?;
             step = state.step;
             cursor = state.cursor;
             resumed_at = Some(step);
-            tracing::info!("resumed from {} (step {step}, sample {cursor})", dir.display());
+            tracing::info!(
+                "resumed from {} (step {step}, sample {cursor})",
+                dir.display()
+            );
         }
         let metrics = if collective.rank() == 0 {
             Some(MetricsWriter::open(&run_dir, resumed_at.or(Some(0)))?)
@@ -203,6 +252,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             transform,
             collective,
             stop: Arc::new(AtomicBool::new(false)),
+            gan,
         })
     }
 
@@ -255,12 +305,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             prefetch: self.cfg.data.prefetch,
             seed: self.cfg.run.seed,
         };
-        let mut loader = Loader::start(self.train_set.clone(), self.transform.clone(), opts, self.cursor);
+        let mut loader = Loader::start(
+            self.train_set.clone(),
+            self.transform.clone(),
+            opts,
+            self.cursor,
+        );
         let bar = (self.collective.rank() == 0 && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(last_step as u64);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             bar.set_position(self.step as u64);
             bar
@@ -269,14 +326,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut window = (Instant::now(), 0usize, 0.0f64);
         while self.step < last_step {
             let wait = Instant::now();
-            let batch = loader.next().map_err(TrainError::Data)?;
+            let batch = loader.next_batch().map_err(TrainError::Data)?;
             let wait_secs = wait.elapsed().as_secs_f64();
             let stats = self.train_step(&batch.images, batch.shape)?;
             window.1 += 1;
             window.2 += batch.decode_secs;
             if let Some(bar) = &bar {
                 bar.set_position(self.step as u64);
-                bar.set_message(format!("loss {:.4}  codes {:.0}%", stats.loss, stats.used_fraction * 100.0));
+                bar.set_message(format!(
+                    "loss {:.4}  codes {:.0}%",
+                    stats.loss,
+                    stats.used_fraction * 100.0
+                ));
             }
             if self.step.is_multiple_of(self.cfg.run.log_every) || self.step == last_step {
                 let secs = window.0.elapsed().as_secs_f64();
@@ -303,6 +364,20 @@ impl<B: AutodiffBackend> Trainer<B> {
                 for (name, v) in &stats.terms {
                     record[format!("q_{name}")] = json!(v);
                 }
+                if let Some(g) = &stats.gan {
+                    for (k, v) in [
+                        ("l1", g.l1),
+                        ("perceptual", g.perceptual),
+                        ("nll", g.nll),
+                        ("g_loss", g.g),
+                        ("d_weight", g.d_weight),
+                        ("disc_loss", g.disc_loss),
+                        ("logits_real", g.logits_real),
+                        ("logits_fake", g.logits_fake),
+                    ] {
+                        record[k] = json!(v);
+                    }
+                }
                 if bar.is_none() && self.collective.rank() == 0 {
                     tracing::info!(
                         "step {}/{last_step} loss {:.4} rec {:.4} codes {:.1}% ppl {:.1} {:.2} steps/s",
@@ -319,7 +394,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                 }
                 window = (Instant::now(), 0, 0.0);
             }
-            if self.cfg.run.val_every > 0 && self.step.is_multiple_of(self.cfg.run.val_every) && self.step < last_step {
+            if self.cfg.run.val_every > 0
+                && self.step.is_multiple_of(self.cfg.run.val_every)
+                && self.step < last_step
+            {
                 self.validate_and_log()?;
             }
             let stopping = self.stop.load(Ordering::SeqCst);
@@ -340,7 +418,11 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// One optimizer step on a (per-process) batch `[B, C, H, W]`.
-    pub fn train_step(&mut self, images: &[f32], shape: [usize; 4]) -> Result<StepStats, TrainError> {
+    pub fn train_step(
+        &mut self,
+        images: &[f32],
+        shape: [usize; 4],
+    ) -> Result<StepStats, TrainError> {
         let accumulate = self.cfg.optim.accumulate;
         let [b, c, h, w] = shape;
         let micro = b / accumulate;
@@ -350,42 +432,77 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut stats_sum: Vec<EmaStats<B::InnerBackend>> = Vec::new();
         let mut out = StepStats::default();
         let (reconstruction, clamp, qw) = match &self.cfg.objective {
-            ObjectiveConfig::Vqvae { reconstruction, clamp_output, quantizer_weight } => {
-                (*reconstruction, *clamp_output, *quantizer_weight)
-            }
-            ObjectiveConfig::Vqgan(_) => {
-                self.model = Some(model);
-                return Err(TrainError::Data(
-                    "objective.kind = \"vqgan\" is not implemented in this trainer yet; use \"vqvae\"".into(),
-                ));
-            }
+            ObjectiveConfig::Vqvae {
+                reconstruction,
+                clamp_output,
+                quantizer_weight,
+            } => (*reconstruction, *clamp_output, *quantizer_weight),
+            ObjectiveConfig::Vqgan(v) => (Reconstruction::L1, false, v.codebook_weight),
         };
+        let mut gan_logs = GanLogs::default();
+        let mut pairs = Vec::new();
         for m in 0..accumulate {
-            let x = self.tensor(&images[m * micro * per..(m + 1) * micro * per], [micro, c, h, w]);
+            let x = self.tensor(
+                &images[m * micro * per..(m + 1) * micro * per],
+                [micro, c, h, w],
+            );
             if model.quantizer().needs_init() {
                 let latents = shapes::flatten_image(model.latents(x.clone()).detach());
-                model.quantizer_mut().init_from_batch(latents, &mut self.quant_rng);
+                model
+                    .quantizer_mut()
+                    .init_from_batch(latents, &mut self.quant_rng);
                 tracing::info!("codebook initialized by k-means on the first batch");
             }
             let fwd = model.forward(x.clone(), Mode::Train);
-            let rec_img = if clamp { fwd.reconstruction.clamp(-1.0, 1.0) } else { fwd.reconstruction };
-            let rec = match reconstruction {
-                Reconstruction::Mse => (rec_img - x).powi_scalar(2).mean(),
-                Reconstruction::L1 => (rec_img - x).abs().mean(),
+            // `backprop` carries the reconstruction terms' gradient; `rec_value` is their value.
+            let (backprop, rec_value) = match &mut self.gan {
+                None => {
+                    let rec_img = if clamp {
+                        fwd.reconstruction.clone().clamp(-1.0, 1.0)
+                    } else {
+                        fwd.reconstruction.clone()
+                    };
+                    let rec = match reconstruction {
+                        Reconstruction::Mse => (rec_img - x.clone()).powi_scalar(2).mean(),
+                        Reconstruction::L1 => (rec_img - x.clone()).abs().mean(),
+                    };
+                    let v = rec.clone().detach().into_scalar().elem::<f32>();
+                    (rec / accumulate as f32, v)
+                }
+                Some(gan) => {
+                    let (bp, v, logs) = gan.generator(
+                        &x,
+                        &fwd.reconstruction,
+                        &fwd.decoder_features,
+                        model.last_layer(),
+                        self.step,
+                        1.0 / accumulate as f32,
+                    );
+                    let k = accumulate as f32;
+                    gan_logs.l1 += logs.l1 / k;
+                    gan_logs.perceptual += logs.perceptual / k;
+                    gan_logs.nll += logs.nll / k;
+                    gan_logs.g += logs.g / k;
+                    gan_logs.d_weight += logs.d_weight / k;
+                    pairs.push((
+                        x.clone().inner(),
+                        fwd.reconstruction.clone().detach().inner(),
+                    ));
+                    (bp, v)
+                }
             };
             let quant = fwd.encoded.quant.loss() * qw;
-            let loss = rec.clone() + quant.clone();
-            let host = Tensor::cat(vec![loss.clone().detach(), rec.detach(), quant.detach()], 0)
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .expect("f32");
-            out.loss += host[0] / accumulate as f32;
-            out.rec += host[1] / accumulate as f32;
-            out.quant += host[2] / accumulate as f32;
-            if !host[0].is_finite() {
+            let quant_value = quant.clone().detach().into_scalar().elem::<f32>();
+            let total = rec_value + quant_value;
+            out.loss += total / accumulate as f32;
+            out.rec += rec_value / accumulate as f32;
+            out.quant += quant_value / accumulate as f32;
+            if !total.is_finite() {
                 self.model = Some(model);
-                return Err(TrainError::Diverged { step: self.step + 1, value: host[0] });
+                return Err(TrainError::Diverged {
+                    step: self.step + 1,
+                    value: total,
+                });
             }
             for term in &fwd.encoded.quant.losses {
                 let v = term.value.clone().into_scalar().elem::<f32>() * qw / accumulate as f32;
@@ -398,7 +515,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             out.used_fraction += used / accumulate as f32;
             out.perplexity += ppl / accumulate as f32;
             out.quant_error += qe / accumulate as f32;
-            let grads = (loss / accumulate as f32).backward();
+            let grads = (backprop + quant / accumulate as f32).backward();
             accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
             let stats: Vec<EmaStats<B::InnerBackend>> = fwd
                 .encoded
@@ -430,6 +547,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         out.grad_norm = clip_global_norm(&model, &mut grads, self.cfg.optim.grad_clip);
         let lr = learning_rate(&self.cfg.optim, self.step, self.cfg.run.steps);
         model = self.optim.step(lr, model, grads);
+        // The discriminator's turn, on this step's reconstructions (its gradients through the seam too).
+        if let Some(gan) = &mut self.gan
+            && gan.factor(self.step) > 0.0
+        {
+            let disc_lr = gan.cfg.disc_lr.unwrap_or(lr);
+            let grads = gan.discriminator_step(&pairs, self.step, disc_lr, &mut gan_logs);
+            let grads = self.collective.all_reduce_grads(grads);
+            gan.step_disc(disc_lr, grads);
+        }
+        if self.gan.is_some() {
+            out.gan = Some(gan_logs);
+        }
         // Seam 2: EMA statistics summed over processes before the codebook update.
         let stats = self.collective.all_reduce_stats(stats_sum);
         if !stats.is_empty() {
@@ -441,7 +570,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                     candidates: Tensor::from_inner(s.candidates),
                 })
                 .collect();
-            out.restarted = model.quantizer_mut().apply_stats(stats, &mut self.quant_rng)?.restarted_codes;
+            out.restarted = model
+                .quantizer_mut()
+                .apply_stats(stats, &mut self.quant_rng)?
+                .restarted_codes;
         }
         self.model = Some(model);
         self.step += 1;
@@ -451,31 +583,61 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Evaluates on up to `run.val_batches` batches of the validation set (center crops, eval
     /// mode): reconstruction error, PSNR and codebook usage over all of them.
-    pub fn validate(&self) -> Result<(ValStats, Option<(Vec<f32>, Vec<f32>, [usize; 4])>), TrainError> {
+    pub fn validate(&self) -> Result<(ValStats, Option<SampleGrid>), TrainError> {
         let model = self.model().valid();
         let eval = self.transform.eval();
         let k = model.quantizer().codebook_size();
         let levels = model.quantizer().num_levels();
         let mut hist = vec![0u64; k];
-        let n = self.val_set.len().min(self.cfg.run.val_batches * self.cfg.run.batch_size);
+        let n = self
+            .val_set
+            .len()
+            .min(self.cfg.run.val_batches * self.cfg.run.batch_size);
         let mut v = ValStats::default();
         let mut sample = None;
         let bs = self.cfg.run.batch_size.min(n.max(1));
         let mut start = 0;
         while start < n {
             let idx: Vec<usize> = (start..(start + bs).min(n)).collect();
-            let batch = load_batch(self.val_set.as_ref(), &eval, &idx, self.cfg.data.workers).map_err(TrainError::Data)?;
-            let x = Tensor::<B::InnerBackend, 4>::from_data(TensorData::new(batch.images.clone(), batch.shape), &self.device);
+            let batch = load_batch(self.val_set.as_ref(), &eval, &idx, self.cfg.data.workers)
+                .map_err(TrainError::Data)?;
+            let x = Tensor::<B::InnerBackend, 4>::from_data(
+                TensorData::new(batch.images.clone(), batch.shape),
+                &self.device,
+            );
             let out = model.forward(x.clone(), Mode::Eval);
-            let clamp = matches!(self.cfg.objective, ObjectiveConfig::Vqvae { clamp_output: true, .. });
-            let rec = if clamp { out.reconstruction.clone().clamp(-1.0, 1.0) } else { out.reconstruction.clone() };
+            let clamp = matches!(
+                self.cfg.objective,
+                ObjectiveConfig::Vqvae {
+                    clamp_output: true,
+                    ..
+                }
+            );
+            let rec = if clamp {
+                out.reconstruction.clone().clamp(-1.0, 1.0)
+            } else {
+                out.reconstruction.clone()
+            };
             let diff = rec - x;
             let m = idx.len() as f64;
-            v.mse += diff.clone().powi_scalar(2).mean().into_scalar().elem::<f64>() * m;
+            v.mse += diff
+                .clone()
+                .powi_scalar(2)
+                .mean()
+                .into_scalar()
+                .elem::<f64>()
+                * m;
             v.l1 += diff.abs().mean().into_scalar().elem::<f64>() * m;
             let (_, _, qe) = out.encoded.quant.usage.to_host();
             v.quant_error += qe as f64 * m;
-            let ids = out.encoded.quant.indices.into_data().convert::<i64>().to_vec::<i64>().expect("ints");
+            let ids = out
+                .encoded
+                .quant
+                .indices
+                .into_data()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .expect("ints");
             for i in ids {
                 hist[i as usize] += 1;
             }
@@ -483,8 +645,17 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let s = batch.shape;
                 let take = s[0].min(8);
                 let per = s[1] * s[2] * s[3];
-                let rec = out.reconstruction.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
-                sample = Some((batch.images[..take * per].to_vec(), rec[..take * per].to_vec(), [take, s[1], s[2], s[3]]));
+                let rec = out
+                    .reconstruction
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .expect("f32");
+                sample = Some((
+                    batch.images[..take * per].to_vec(),
+                    rec[..take * per].to_vec(),
+                    [take, s[1], s[2], s[3]],
+                ));
             }
             v.images += idx.len();
             start += bs;
@@ -534,7 +705,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                 }))?;
             }
             if let Some((orig, rec, shape)) = sample {
-                let path = self.run_dir.join("samples").join(format!("step-{:08}.png", self.step));
+                let path = self
+                    .run_dir
+                    .join("samples")
+                    .join(format!("step-{:08}.png", self.step));
                 save_grid(&path, &orig, &rec, shape)?;
             }
         }
@@ -553,13 +727,37 @@ impl<B: AutodiffBackend> Trainer<B> {
         let model = self.model().clone();
         let optim_record = self.optim.to_record();
         let cfg_toml = toml::to_string(&self.cfg).unwrap_or_default();
+        let gan = self
+            .gan
+            .as_ref()
+            .map(|g| (g.disc().clone(), g.optim.to_record()));
         let dir = self.checkpoints.save(&state, |dir| {
             model
                 .save_file(dir.join("model"), &recorder())
-                .map_err(|e| TrainError::Checkpoint { path: dir.to_path_buf(), reason: format!("model: {e}") })?;
+                .map_err(|e| TrainError::Checkpoint {
+                    path: dir.to_path_buf(),
+                    reason: format!("model: {e}"),
+                })?;
             recorder()
                 .record(optim_record, dir.join("optim"))
-                .map_err(|e| TrainError::Checkpoint { path: dir.to_path_buf(), reason: format!("optimizer: {e}") })?;
+                .map_err(|e| TrainError::Checkpoint {
+                    path: dir.to_path_buf(),
+                    reason: format!("optimizer: {e}"),
+                })?;
+            if let Some((disc, record)) = gan {
+                disc.save_file(dir.join("disc"), &recorder()).map_err(|e| {
+                    TrainError::Checkpoint {
+                        path: dir.to_path_buf(),
+                        reason: format!("discriminator: {e}"),
+                    }
+                })?;
+                recorder()
+                    .record(record, dir.join("disc_optim"))
+                    .map_err(|e| TrainError::Checkpoint {
+                        path: dir.to_path_buf(),
+                        reason: format!("discriminator optimizer: {e}"),
+                    })?;
+            }
             std::fs::write(dir.join("config.toml"), cfg_toml).map_err(|e| TrainError::io(dir, e))
         })?;
         tracing::debug!("checkpoint written: {}", dir.display());

@@ -49,51 +49,117 @@ fn serde_path_to_error_like(de: toml::Deserializer<'_>, path: &Path) -> TrainCon
 fn unknown_key_wrong_type_and_bad_values_name_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let base = quickstart_text();
-    let typo = write(dir.path(), "typo.toml", &base.replace("weight_decay = 0.01", "weight_decya = 0.01"));
+    let typo = write(
+        dir.path(),
+        "typo.toml",
+        &base.replace("weight_decay = 0.01", "weight_decya = 0.01"),
+    );
     let err = TrainConfig::load(&typo, &[]).unwrap_err().to_string();
-    assert!(err.contains("typo.toml") && err.contains("weight_decya") && err.contains("optim"), "{err}");
+    assert!(
+        err.contains("typo.toml") && err.contains("weight_decya") && err.contains("optim"),
+        "{err}"
+    );
 
-    let wrong_type = write(dir.path(), "type.toml", &base.replace("steps = 300", "steps = \"many\""));
+    let wrong_type = write(
+        dir.path(),
+        "type.toml",
+        &base.replace("steps = 300", "steps = \"many\""),
+    );
     let err = TrainConfig::load(&wrong_type, &[]).unwrap_err().to_string();
-    assert!(err.contains("type.toml") && err.contains("run.steps"), "{err}");
+    assert!(
+        err.contains("type.toml") && err.contains("run.steps"),
+        "{err}"
+    );
 
-    let accumulate = write(dir.path(), "acc.toml", &format!("{base}\n").replace("schedule = \"cosine\"", "schedule = \"cosine\"\naccumulate = 3"));
+    let accumulate = write(
+        dir.path(),
+        "acc.toml",
+        &format!("{base}\n").replace(
+            "schedule = \"cosine\"",
+            "schedule = \"cosine\"\naccumulate = 3",
+        ),
+    );
     let err = TrainConfig::load(&accumulate, &[]).unwrap_err().to_string();
-    assert!(err.contains("optim.accumulate") && err.contains("128"), "{err}");
+    assert!(
+        err.contains("optim.accumulate") && err.contains("128"),
+        "{err}"
+    );
 
-    let missing = write(dir.path(), "missing.toml", &base.replace("data/fashion-mnist/train-images", "/nonexistent/train-images"));
+    let missing = write(
+        dir.path(),
+        "missing.toml",
+        &base.replace(
+            "data/fashion-mnist/train-images",
+            "/nonexistent/train-images",
+        ),
+    );
     let err = TrainConfig::load(&missing, &[]).unwrap_err().to_string();
-    assert!(err.contains("data.source.train") && err.contains("fetch-data"), "{err}");
+    assert!(
+        err.contains("data.source.train") && err.contains("fetch-data"),
+        "{err}"
+    );
 
-    let res = write(dir.path(), "res.toml", &base.replace("resolution = 28", "resolution = 30"));
+    let res = write(
+        dir.path(),
+        "res.toml",
+        &base.replace("resolution = 28", "resolution = 30"),
+    );
     let err = TrainConfig::load(&res, &[]).unwrap_err().to_string();
-    assert!(err.contains("data.resolution") && err.contains('4'), "{err}");
+    assert!(
+        err.contains("data.resolution") && err.contains('4'),
+        "{err}"
+    );
 
-    let err = TrainConfig::load(&dir.path().join("nope.toml"), &[]).unwrap_err().to_string();
-    assert!(err.contains("nope.toml") && err.contains("not found"), "{err}");
+    let err = TrainConfig::load(&dir.path().join("nope.toml"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nope.toml") && err.contains("not found"),
+        "{err}"
+    );
 }
 
 #[test]
 fn overrides_apply() {
     let dir = tempfile::tempdir().unwrap();
     // Data paths relative to the repository root.
-    let text = quickstart_text().replace("\"data/", &format!("\"{}/../data/", env!("CARGO_MANIFEST_DIR")));
+    let text = quickstart_text().replace(
+        "\"data/",
+        &format!("\"{}/../data/", env!("CARGO_MANIFEST_DIR")),
+    );
     let path = write(dir.path(), "q.toml", &text);
-    if !Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist/train-images-idx3-ubyte.gz").exists() {
-        panic!("sample data missing: run scripts/fetch-data.sh first (the README's test command does)");
+    if !Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/fashion-mnist/train-images-idx3-ubyte.gz")
+        .exists()
+    {
+        panic!(
+            "sample data missing: run scripts/fetch-data.sh first (the README's test command does)"
+        );
     }
     let cfg = TrainConfig::load(
         &path,
-        &["optim.lr=5e-4".into(), "optim.betas=[0.5, 0.9]".into(), "model.quantizer.estimator=ste".into()],
+        &[
+            "optim.lr=5e-4".into(),
+            "optim.betas=[0.5, 0.9]".into(),
+            "model.quantizer.estimator=ste".into(),
+        ],
     )
     .unwrap();
     assert_eq!(cfg.optim.lr, 5e-4);
     assert_eq!(cfg.optim.betas, [0.5, 0.9]);
-    let trainer::models::AutoencoderKind::Peer(p) = &cfg.model else { panic!() };
-    let trainer::quantizers::QuantizerConfig::Vq(vq) = &p.quantizer else { panic!() };
+    let trainer::models::AutoencoderKind::Peer(p) = &cfg.model else {
+        panic!()
+    };
+    let trainer::quantizers::QuantizerConfig::Vq(vq) = &p.quantizer else {
+        panic!()
+    };
     assert_eq!(vq.estimator, trainer::quantizers::Estimator::Ste);
-    let err = TrainConfig::load(&path, &["optim.lr".into()]).unwrap_err().to_string();
+    let err = TrainConfig::load(&path, &["optim.lr".into()])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("key=value"), "{err}");
-    let err = TrainConfig::load(&path, &["optim.lr=-1".into()]).unwrap_err().to_string();
+    let err = TrainConfig::load(&path, &["optim.lr=-1".into()])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("optim.lr"), "{err}");
 }

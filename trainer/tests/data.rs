@@ -8,16 +8,31 @@ fn make_folder(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir.join("a")).unwrap();
     std::fs::create_dir_all(dir.join("b")).unwrap();
     for i in 0..n {
-        let img = image::RgbImage::from_fn(40, 36, |x, y| image::Rgb([(x * 6) as u8, (y * 7) as u8, (i * 20) as u8]));
+        let img = image::RgbImage::from_fn(40, 36, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 7) as u8, (i * 20) as u8])
+        });
         let sub = if i % 2 == 0 { "a" } else { "b" };
-        img.save(dir.join(sub).join(format!("img{i:02}.png"))).unwrap();
+        img.save(dir.join(sub).join(format!("img{i:02}.png")))
+            .unwrap();
     }
-    std::fs::write(dir.join("a").join("broken.jpg"), b"\xff\xd8\xff this is not a jpeg").unwrap();
+    std::fs::write(
+        dir.join("a").join("broken.jpg"),
+        b"\xff\xd8\xff this is not a jpeg",
+    )
+    .unwrap();
     std::fs::write(dir.join("notes.txt"), b"ignored").unwrap();
 }
 
 fn opts(batch: usize, global: usize, rank: usize, world: usize) -> LoaderOptions {
-    LoaderOptions { batch, global_batch: global, rank, world, workers: 2, prefetch: 2, seed: 7 }
+    LoaderOptions {
+        batch,
+        global_batch: global,
+        rank,
+        world,
+        workers: 2,
+        prefetch: 2,
+        seed: 7,
+    }
 }
 
 #[test]
@@ -25,14 +40,27 @@ fn order_is_a_pure_function_of_seed_epoch_and_cursor() {
     let mut a = Order::new(10, 3, true);
     let mut b = Order::new(10, 3, true);
     let first: Vec<usize> = (0..25).map(|c| a.index(c)).collect();
-    let again: Vec<usize> = (0..25).rev().map(|c| b.index(c)).collect::<Vec<_>>().into_iter().rev().collect();
+    let again: Vec<usize> = (0..25)
+        .rev()
+        .map(|c| b.index(c))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     assert_eq!(first, again);
     let mut epoch0: Vec<usize> = first[..10].to_vec();
     epoch0.sort();
-    assert_eq!(epoch0, (0..10).collect::<Vec<_>>(), "an epoch visits every sample once");
+    assert_eq!(
+        epoch0,
+        (0..10).collect::<Vec<_>>(),
+        "an epoch visits every sample once"
+    );
     assert_ne!(first[..10], first[10..20], "epochs are reshuffled");
     let mut other = Order::new(10, 4, true);
-    assert_ne!(first[..10], (0..10).map(|c| other.index(c)).collect::<Vec<_>>()[..]);
+    assert_ne!(
+        first[..10],
+        (0..10).map(|c| other.index(c)).collect::<Vec<_>>()[..]
+    );
 }
 
 #[test]
@@ -40,32 +68,59 @@ fn image_folder_loader_skips_corrupt_files_and_shards_by_rank() {
     let dir = tempfile::tempdir().unwrap();
     make_folder(dir.path(), 12);
     let ds: Arc<dyn Dataset> = Arc::new(ImageFolder::open(dir.path()).unwrap());
-    assert_eq!(ds.len(), 13, "12 pngs + the broken jpg, recursive, txt ignored");
-    let t = Transform { resolution: 32, resize: None, random_crop: true, flip: true, channels: 3 };
+    assert_eq!(
+        ds.len(),
+        13,
+        "12 pngs + the broken jpg, recursive, txt ignored"
+    );
+    let t = Transform {
+        resolution: 32,
+        resize: None,
+        random_crop: true,
+        flip: true,
+        channels: 3,
+    };
     let mut whole = Loader::start(ds.clone(), t.clone(), opts(8, 8, 0, 1), 0);
     let mut r0 = Loader::start(ds.clone(), t.clone(), opts(4, 8, 0, 2), 0);
     let mut r1 = Loader::start(ds.clone(), t.clone(), opts(4, 8, 1, 2), 0);
     for _ in 0..4 {
-        let w = whole.next().unwrap();
-        let (a, b) = (r0.next().unwrap(), r1.next().unwrap());
+        let w = whole.next_batch().unwrap();
+        let (a, b) = (r0.next_batch().unwrap(), r1.next_batch().unwrap());
         assert_eq!(w.shape, [8, 3, 32, 32]);
         assert!(w.images.iter().all(|v| (-1.0..=1.0).contains(v)));
         let joined: Vec<f32> = a.images.iter().chain(&b.images).copied().collect();
         assert_eq!(joined, w.images, "two ranks' shards = one process's batch");
     }
-    assert_eq!(whole.skipped(), 1, "the broken file was skipped and counted once");
+    assert_eq!(
+        whole.skipped(),
+        1,
+        "the broken file was skipped and counted once"
+    );
     // Resuming at a cursor continues the same stream.
     let mut from_16 = Loader::start(ds.clone(), t.clone(), opts(8, 8, 0, 1), 16);
     let mut fresh = Loader::start(ds, t, opts(8, 8, 0, 1), 0);
-    fresh.next().unwrap();
-    fresh.next().unwrap();
-    assert_eq!(from_16.next().unwrap().images, fresh.next().unwrap().images);
+    fresh.next_batch().unwrap();
+    fresh.next_batch().unwrap();
+    assert_eq!(
+        from_16.next_batch().unwrap().images,
+        fresh.next_batch().unwrap().images
+    );
 }
 
 #[test]
 fn transform_resizes_crops_and_scales() {
-    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(100, 50, image::Rgb([255, 0, 128])));
-    let t = Transform { resolution: 16, resize: Some(20), random_crop: false, flip: false, channels: 3 };
+    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+        100,
+        50,
+        image::Rgb([255, 0, 128]),
+    ));
+    let t = Transform {
+        resolution: 16,
+        resize: Some(20),
+        random_crop: false,
+        flip: false,
+        channels: 3,
+    };
     use rand::SeedableRng;
     let out = t.apply(img, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
     assert_eq!(out.len(), 3 * 16 * 16);

@@ -15,7 +15,13 @@ type B = Autodiff<Flex>;
 struct Collect(Vec<f32>);
 impl<Bk: Backend> ModuleVisitor<Bk> for Collect {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
-        self.0.extend(p.val().into_data().convert::<f32>().to_vec::<f32>().unwrap());
+        self.0.extend(
+            p.val()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap(),
+        );
     }
 }
 
@@ -95,7 +101,10 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
 }
 
 fn folder_source(dir: &Path) -> String {
-    format!("{{ kind = \"image_folder\", train = \"{}\", val_fraction = 0.1, channels = 1 }}", dir.display())
+    format!(
+        "{{ kind = \"image_folder\", train = \"{}\", val_fraction = 0.1, channels = 1 }}",
+        dir.display()
+    )
 }
 
 #[test]
@@ -109,38 +118,87 @@ fn resumed_run_matches_uninterrupted_run() {
     let extra = "dead_code_threshold = 0.5\ncodebook = { kind = \"ema\", decay = 0.8 }";
 
     let out_a = tmp.path().join("a");
-    let mut a = Trainer::<B>::new(config(&out_a, &src, 6, extra), Default::default(), Resume::Never).unwrap();
+    let mut a = Trainer::<B>::new(
+        config(&out_a, &src, 6, extra),
+        Default::default(),
+        Resume::Never,
+    )
+    .unwrap();
     a.train_until(6).unwrap();
 
     let out_b = tmp.path().join("b");
-    let mut b = Trainer::<B>::new(config(&out_b, &src, 6, extra), Default::default(), Resume::Never).unwrap();
+    let mut b = Trainer::<B>::new(
+        config(&out_b, &src, 6, extra),
+        Default::default(),
+        Resume::Never,
+    )
+    .unwrap();
     b.train_until(4).unwrap(); // checkpoint at step 3; steps 4 is lost with the "crash"
     drop(b);
-    let mut b = Trainer::<B>::new(config(&out_b, &src, 6, extra), Default::default(), Resume::Auto).unwrap();
+    let mut b = Trainer::<B>::new(
+        config(&out_b, &src, 6, extra),
+        Default::default(),
+        Resume::Auto,
+    )
+    .unwrap();
     assert_eq!(b.step(), 3, "resumed from the step-3 checkpoint");
     b.train_until(6).unwrap();
 
     let (wa, wb) = (weights(&a), weights(&b));
     assert_eq!(wa.len(), wb.len());
-    let worst = wa.iter().zip(&wb).map(|(x, y)| (x - y).abs() / (1e-3 + x.abs())).fold(0.0f32, f32::max);
-    assert!(worst < 1e-3, "weights differ after resume: worst relative difference {worst}");
+    let worst = wa
+        .iter()
+        .zip(&wb)
+        .map(|(x, y)| (x - y).abs() / (1e-3 + x.abs()))
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst < 1e-3,
+        "weights differ after resume: worst relative difference {worst}"
+    );
     let (la, lb) = (losses(&out_a.join("t")), losses(&out_b.join("t")));
-    assert_eq!(la.iter().map(|l| l.0).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
-    assert_eq!(lb.iter().map(|l| l.0).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>(), "metrics after the checkpoint were rewritten");
+    assert_eq!(
+        la.iter().map(|l| l.0).collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        lb.iter().map(|l| l.0).collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<_>>(),
+        "metrics after the checkpoint were rewritten"
+    );
     for ((s, x), (_, y)) in la.iter().zip(&lb) {
-        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "step {s}: loss {x} vs resumed {y}");
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+            "step {s}: loss {x} vs resumed {y}"
+        );
     }
 
     // Fresh start refuses to overwrite a run with checkpoints.
-    let err = Trainer::<B>::new(config(&out_b, &src, 6, extra), Default::default(), Resume::Never).err().unwrap().to_string();
+    let err = Trainer::<B>::new(
+        config(&out_b, &src, 6, extra),
+        Default::default(),
+        Resume::Never,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("--resume auto"), "{err}");
 
     // A truncated newest checkpoint is detected; the previous one is used.
     let ckpts = out_b.join("t").join("checkpoints");
     let newest = ckpts.join("step-00000006").join("model.mpk");
     let len = std::fs::metadata(&newest).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&newest).unwrap().set_len(len / 2).unwrap();
-    let c = Trainer::<B>::new(config(&out_b, &src, 6, extra), Default::default(), Resume::Auto).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let c = Trainer::<B>::new(
+        config(&out_b, &src, 6, extra),
+        Default::default(),
+        Resume::Auto,
+    )
+    .unwrap();
     assert_eq!(c.step(), 3, "fell back to the previous valid checkpoint");
 }
 
@@ -161,7 +219,12 @@ fn short_real_training_on_fashion_mnist_lowers_the_loss_and_reports_usage() {
         fm.join("train-images-idx3-ubyte.gz").display(),
         fm.join("t10k-images-idx3-ubyte.gz").display()
     );
-    let mut cfg = config(tmp.path(), &src, 40, "codebook = { kind = \"ema\", decay = 0.8 }");
+    let mut cfg = config(
+        tmp.path(),
+        &src,
+        40,
+        "codebook = { kind = \"ema\", decay = 0.8 }",
+    );
     cfg.run.batch_size = 64;
     cfg.optim.accumulate = 1;
     cfg.data.random_crop = false;
@@ -174,14 +237,175 @@ fn short_real_training_on_fashion_mnist_lowers_the_loss_and_reports_usage() {
     assert_eq!(l.len(), 40);
     let first: f64 = l[..5].iter().map(|x| x.1).sum::<f64>() / 5.0;
     let last: f64 = l[35..].iter().map(|x| x.1).sum::<f64>() / 5.0;
-    assert!(last < 0.7 * first, "loss did not fall: first {first}, last {last}");
+    assert!(
+        last < 0.7 * first,
+        "loss did not fall: first {first}, last {last}"
+    );
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let rec: serde_json::Value = serde_json::from_str(text.lines().nth(39).unwrap()).unwrap();
-    for key in ["used_fraction", "perplexity", "quant_error", "lr", "images_per_s", "data_images_per_s", "q_commitment"] {
-        assert!(rec[key].as_f64().is_some(), "metrics line lacks {key}: {rec}");
+    for key in [
+        "used_fraction",
+        "perplexity",
+        "quant_error",
+        "lr",
+        "images_per_s",
+        "data_images_per_s",
+        "q_commitment",
+    ] {
+        assert!(
+            rec[key].as_f64().is_some(),
+            "metrics line lacks {key}: {rec}"
+        );
     }
     assert!(val.used_fraction > 0.0 && val.psnr > 10.0, "{val:?}");
     assert!(text.lines().any(|l| l.contains("\"split\":\"val\"")));
     assert!(run.join("samples").join("step-00000040.png").exists());
     assert!(run.join("checkpoints").join("latest").exists());
+}
+
+/// LPIPS weight files as a user would supply them (torchvision VGG16 names, LPIPS head names),
+/// with random values: there are no real weights offline.
+fn lpips_files(dir: &Path) -> (PathBuf, PathBuf) {
+    let lpips = trainer::models::Lpips::<Flex>::new(&Default::default());
+    let taming = lpips.export_taming();
+    let (mut vgg, mut heads) = (
+        trainer::models::StateDict::default(),
+        trainer::models::StateDict::default(),
+    );
+    for name in taming.names() {
+        let e = taming.get(name).unwrap().clone();
+        if let Some(rest) = name.strip_prefix("net.slice") {
+            let (_, idx_param) = rest.split_once('.').unwrap();
+            vgg.insert(format!("features.{idx_param}"), e);
+        } else if name.starts_with("lin") {
+            heads.insert(name, e);
+        }
+    }
+    let (v, h) = (
+        dir.join("vgg16.safetensors"),
+        dir.join("vgg_heads.safetensors"),
+    );
+    vgg.save_safetensors(&v).unwrap();
+    heads.save_safetensors(&h).unwrap();
+    (v, h)
+}
+
+#[test]
+fn vqgan_objective_trains_generator_and_discriminator_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rgb");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..24u32 {
+        image::RgbImage::from_fn(20, 20, |x, y| {
+            image::Rgb([(x * 12 + i) as u8, (y * 12) as u8, (i * 9) as u8])
+        })
+        .save(data.join(format!("{i:02}.png")))
+        .unwrap();
+    }
+    let (vgg, heads) = lpips_files(tmp.path());
+    let text = |steps: usize| {
+        format!(
+            r#"
+[run]
+name = "gan"
+output_dir = "{out}"
+steps = {steps}
+batch_size = 4
+log_every = 1
+val_batches = 1
+checkpoint_every = 2
+
+[data]
+source = {{ kind = "image_folder", train = "{data}", val_fraction = 0.2 }}
+resolution = 16
+random_crop = true
+
+[model]
+kind = "vq_model"
+
+[model.autoencoder]
+ch = 32
+ch_mult = [1, 2]
+num_res_blocks = 1
+attn_resolutions = [8]
+resolution = 16
+z_channels = 8
+
+[model.quantizer]
+kind = "vq"
+dim = 8
+codebook_size = 32
+estimator = "rotation"
+codebook = {{ kind = "learnable", beta = 0.25, legacy = true }}
+
+[objective]
+kind = "vqgan"
+perceptual_weight = 1.0
+lpips = {{ vgg16 = "{vgg}", heads = "{heads}" }}
+disc_start = 2
+disc_weight = 0.8
+discriminator = {{ ndf = 8, n_layers = 2 }}
+
+[optim]
+lr = 2e-4
+betas = [0.5, 0.9]
+"#,
+            out = tmp.path().display(),
+            data = data.display(),
+            vgg = vgg.display(),
+            heads = heads.display()
+        )
+    };
+    let cfg = TrainConfig::from_toml(&text(4)).unwrap_or_else(|e| panic!("{e}"));
+    let mut t = Trainer::<B>::new(cfg, Default::default(), Resume::Never).unwrap();
+    t.train_until(4).unwrap();
+    let run = tmp.path().join("gan");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for l in &lines[..2] {
+        assert_eq!(
+            l["d_weight"].as_f64().unwrap(),
+            0.0,
+            "no GAN before disc_start: {l}"
+        );
+        assert!(
+            l["perceptual"].as_f64().unwrap() != 0.0,
+            "LPIPS term active (random heads may be negative): {l}"
+        );
+    }
+    for l in &lines[2..] {
+        let dw = l["d_weight"].as_f64().unwrap();
+        assert!(
+            dw.is_finite() && dw > 0.0,
+            "adaptive weight from disc_start: {l}"
+        );
+        assert!(l["disc_loss"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(l["q_codebook"].as_f64().is_some(), "{l}");
+    }
+    let ckpt = run.join("checkpoints").join("step-00000004");
+    assert!(ckpt.join("disc.mpk").exists() && ckpt.join("disc_optim.mpk").exists());
+    // Resume continues with the discriminator and its optimizer.
+    let cfg = TrainConfig::from_toml(&text(6)).unwrap();
+    let mut r = Trainer::<B>::new(cfg, Default::default(), Resume::Auto).unwrap();
+    assert_eq!(r.step(), 4);
+    r.train_until(6).unwrap();
+
+    // Without LPIPS files, a perceptual loss is refused up front, naming what is needed.
+    let err = TrainConfig::from_toml(&text(4).replace(
+        &format!(
+            "lpips = {{ vgg16 = \"{}\", heads = \"{}\" }}",
+            vgg.display(),
+            heads.display()
+        ),
+        "",
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("objective.lpips") && err.contains("vgg16-397923af.pth"),
+        "{err}"
+    );
 }

@@ -53,12 +53,18 @@ impl FashionMnist {
         }
         let word = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap()) as usize;
         if word(0) != 0x803 {
-            return Err(bad(format!("magic {:#x}, expected 0x803 (IDX3 unsigned bytes)", word(0))));
+            return Err(bad(format!(
+                "magic {:#x}, expected 0x803 (IDX3 unsigned bytes)",
+                word(0)
+            )));
         }
         let (count, rows, cols) = (word(4), word(8), word(12));
         let need = 16 + count * rows * cols;
         if bytes.len() < need {
-            return Err(bad(format!("truncated: {} bytes, the header promises {need}", bytes.len())));
+            return Err(bad(format!(
+                "truncated: {} bytes, the header promises {need}",
+                bytes.len()
+            )));
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -78,12 +84,19 @@ impl Dataset for FashionMnist {
     fn image(&self, index: usize) -> Result<DynamicImage, String> {
         let n = self.rows * self.cols;
         let px = self.images[index * n..(index + 1) * n].to_vec();
-        let img = GrayImage::from_raw(self.cols as u32, self.rows as u32, px).ok_or("bad image size")?;
+        let img =
+            GrayImage::from_raw(self.cols as u32, self.rows as u32, px).ok_or("bad image size")?;
         Ok(DynamicImage::ImageLuma8(img))
     }
 
     fn describe(&self) -> String {
-        format!("{} ({} images {}x{})", self.path.display(), self.count, self.rows, self.cols)
+        format!(
+            "{} ({} images {}x{})",
+            self.path.display(),
+            self.count,
+            self.rows,
+            self.cols
+        )
     }
 }
 
@@ -96,7 +109,12 @@ pub struct ImageFolder {
 fn is_image(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
-        .map(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png" | "webp"))
+        .map(|e| {
+            matches!(
+                e.to_ascii_lowercase().as_str(),
+                "jpg" | "jpeg" | "png" | "webp"
+            )
+        })
         .unwrap_or(false)
 }
 
@@ -119,7 +137,10 @@ impl ImageFolder {
         walk(root, &mut files).map_err(|e| TrainError::io(root, e))?;
         files.sort();
         if files.is_empty() {
-            return Err(TrainError::Data(format!("{}: no jpg/png/webp images found", root.display())));
+            return Err(TrainError::Data(format!(
+                "{}: no jpg/png/webp images found",
+                root.display()
+            )));
         }
         Ok(Self {
             root: root.to_path_buf(),
@@ -132,14 +153,24 @@ impl ImageFolder {
         let k = ((1.0 / fraction).round() as usize).max(2);
         let (mut train, mut val) = (Vec::new(), Vec::new());
         for (i, f) in self.files.into_iter().enumerate() {
-            if i % k == k - 1 { val.push(f) } else { train.push(f) }
+            if i % k == k - 1 {
+                val.push(f)
+            } else {
+                train.push(f)
+            }
         }
         if val.is_empty() {
             val.push(train[0].clone());
         }
         (
-            Self { root: self.root.clone(), files: train },
-            Self { root: self.root, files: val },
+            Self {
+                root: self.root.clone(),
+                files: train,
+            },
+            Self {
+                root: self.root,
+                files: val,
+            },
         )
     }
 }
@@ -159,15 +190,23 @@ impl Dataset for ImageFolder {
     }
 }
 
+/// Training set, validation set, channels.
+pub type DatasetPair = (Arc<dyn Dataset>, Arc<dyn Dataset>, usize);
+
 /// The training and validation datasets of a config, and their channel count.
-pub fn open_datasets(cfg: &DataConfig) -> Result<(Arc<dyn Dataset>, Arc<dyn Dataset>, usize), TrainError> {
+pub fn open_datasets(cfg: &DataConfig) -> Result<DatasetPair, TrainError> {
     Ok(match &cfg.source {
         DataSource::FashionMnist { train, val } => (
             Arc::new(FashionMnist::open(train)?),
             Arc::new(FashionMnist::open(val)?),
             1,
         ),
-        DataSource::ImageFolder { train, val, val_fraction, channels } => {
+        DataSource::ImageFolder {
+            train,
+            val,
+            val_fraction,
+            channels,
+        } => {
             let all = ImageFolder::open(train)?;
             match val {
                 Some(v) => (Arc::new(all), Arc::new(ImageFolder::open(v)?), *channels),

@@ -71,7 +71,9 @@ impl BadSamples {
 }
 
 fn sample_rng(seed: u64, cursor: u64) -> rand_chacha::ChaCha8Rng {
-    rand_chacha::ChaCha8Rng::seed_from_u64(seed.rotate_left(17) ^ cursor.wrapping_mul(0xD6E8_FEB8_6659_FD93))
+    rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed.rotate_left(17) ^ cursor.wrapping_mul(0xD6E8_FEB8_6659_FD93),
+    )
 }
 
 /// Decodes one sample, replacing an unreadable one by the next readable index.
@@ -116,27 +118,42 @@ fn decode_all(
             .map(|(dst, its)| {
                 s.spawn(move || {
                     for (slot, (index, cursor)) in dst.chunks_mut(per).zip(its) {
-                        slot.copy_from_slice(&decode(dataset, transform, bad, *index, *cursor, seed)?);
+                        slot.copy_from_slice(&decode(
+                            dataset, transform, bad, *index, *cursor, seed,
+                        )?);
                     }
                     Ok(())
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(Err("decoder thread panicked".into()))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err("decoder thread panicked".into())))
+            .collect()
     });
     results.into_iter().collect::<Result<(), _>>()?;
     Ok(out)
 }
 
 /// Decodes a batch synchronously (validation): samples `indices` in that order.
-pub fn load_batch(dataset: &dyn Dataset, transform: &Transform, indices: &[usize], workers: usize) -> Result<Batch, String> {
+pub fn load_batch(
+    dataset: &dyn Dataset,
+    transform: &Transform,
+    indices: &[usize],
+    workers: usize,
+) -> Result<Batch, String> {
     let start = Instant::now();
     let items: Vec<(usize, u64)> = indices.iter().map(|i| (*i, *i as u64)).collect();
     let bad = BadSamples::default();
     let images = decode_all(dataset, transform, &bad, &items, workers, 0)?;
     Ok(Batch {
         images,
-        shape: [indices.len(), transform.channels, transform.resolution, transform.resolution],
+        shape: [
+            indices.len(),
+            transform.channels,
+            transform.resolution,
+            transform.resolution,
+        ],
         cursor: 0,
         decode_secs: start.elapsed().as_secs_f64(),
     })
@@ -151,7 +168,12 @@ pub struct Loader {
 
 impl Loader {
     /// Starts producing the batches of this rank from global cursor `cursor` on.
-    pub fn start(dataset: Arc<dyn Dataset>, transform: Transform, opts: LoaderOptions, cursor: u64) -> Self {
+    pub fn start(
+        dataset: Arc<dyn Dataset>,
+        transform: Transform,
+        opts: LoaderOptions,
+        cursor: u64,
+    ) -> Self {
         let (tx, rx) = sync_channel(opts.prefetch.max(1));
         let bad = Arc::new(BadSamples::default());
         let bad2 = bad.clone();
@@ -167,7 +189,7 @@ impl Loader {
     }
 
     /// The next batch (blocks until decoded).
-    pub fn next(&mut self) -> Result<Batch, String> {
+    pub fn next_batch(&mut self) -> Result<Batch, String> {
         self.rx
             .as_ref()
             .expect("loader running")
@@ -201,11 +223,26 @@ fn produce(
     let mut order = Order::new(dataset.len(), opts.seed, true);
     loop {
         let first = cursor + (opts.rank * opts.batch) as u64;
-        let items: Vec<(usize, u64)> = (0..opts.batch as u64).map(|i| (order.index(first + i), first + i)).collect();
+        let items: Vec<(usize, u64)> = (0..opts.batch as u64)
+            .map(|i| (order.index(first + i), first + i))
+            .collect();
         let start = Instant::now();
-        let result = decode_all(dataset.as_ref(), &transform, &bad, &items, opts.workers, opts.seed).map(|images| Batch {
+        let result = decode_all(
+            dataset.as_ref(),
+            &transform,
+            &bad,
+            &items,
+            opts.workers,
+            opts.seed,
+        )
+        .map(|images| Batch {
             images,
-            shape: [opts.batch, transform.channels, transform.resolution, transform.resolution],
+            shape: [
+                opts.batch,
+                transform.channels,
+                transform.resolution,
+                transform.resolution,
+            ],
             cursor,
             decode_secs: start.elapsed().as_secs_f64(),
         });

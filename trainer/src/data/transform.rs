@@ -34,12 +34,22 @@ impl Transform {
         let r = self.resolution as u32;
         let mut img = img;
         let (w, h) = (img.width(), img.height());
-        let target = self.resize.map(|s| s as u32).unwrap_or(0).max(if w.min(h) < r { r } else { 0 });
+        let target = self
+            .resize
+            .map(|s| s as u32)
+            .unwrap_or(0)
+            .max(if w.min(h) < r { r } else { 0 });
         if target > 0 && target != w.min(h) {
             let (nw, nh) = if w <= h {
-                (target, ((h as u64 * target as u64) / w as u64).max(target as u64) as u32)
+                (
+                    target,
+                    ((h as u64 * target as u64) / w as u64).max(target as u64) as u32,
+                )
             } else {
-                (((w as u64 * target as u64) / h as u64).max(target as u64) as u32, target)
+                (
+                    ((w as u64 * target as u64) / h as u64).max(target as u64) as u32,
+                    target,
+                )
             };
             img = img.resize_exact(nw, nh, FilterType::Triangle);
         }

@@ -1,0 +1,305 @@
+//! The VQGAN objective (taming's `VQLPIPSWithDiscriminator`) for the generator step, and the
+//! discriminator step that alternates with it.
+//!
+//! Generator: `nll = mean(|x - x^| + perceptual_weight * LPIPS(x, x^))`, `g = -mean(D(x^))`,
+//! `L = nll + d_w * f * g + codebook_weight * q_loss` with `f = disc_factor` from `disc_start` on
+//! (0 before) and the adaptive weight
+//! `d_w = clamp(||dnll/dW|| / (||dg/dW|| + 1e-4), 0, 1e4) * disc_weight` at the decoder's last
+//! layer `W`. burn has no `retain_graph`, so the two gradients are taken on detached copies: the
+//! gradients of `nll` and `g` with respect to a leaf copy of `x^` (one LPIPS and one D pass), then
+//! their gradients at `W` through a leaf copy of the last conv applied to its (detached) input.
+//! The generator's backward uses `sum(x^ * sg(dnll/dx^ + d_w f dg/dx^))`, which carries exactly
+//! the gradient of `nll + d_w f g` through `x^`, so nothing is computed twice.
+//!
+//! Discriminator: `f * 0.5 (mean relu(1 - D(x)) + mean relu(1 + D(x^)))` (hinge) or with softplus
+//! (vanilla), on `x^` detached, with its own Adam optimizer.
+
+use burn::{
+    module::Param,
+    nn::conv::Conv2d,
+    optim::{Adam, AdamConfig, GradientsParams, adaptor::OptimizerAdaptor},
+    tensor::{Tensor, activation, backend::AutodiffBackend},
+};
+use models::{Lpips, NLayerDiscriminator};
+
+use crate::{DiscLoss, TrainError, VqganObjective};
+
+/// Values of the GAN terms of one generator step (for metrics).
+#[derive(Debug, Clone, Default)]
+pub struct GanLogs {
+    /// Mean L1 reconstruction error.
+    pub l1: f32,
+    /// Mean LPIPS.
+    pub perceptual: f32,
+    /// `nll`.
+    pub nll: f32,
+    /// `g = -mean D(x^)`.
+    pub g: f32,
+    /// Adaptive weight (0 before `disc_start`).
+    pub d_weight: f32,
+    /// Discriminator loss (after its step).
+    pub disc_loss: f32,
+    /// Mean logits on real images.
+    pub logits_real: f32,
+    /// Mean logits on reconstructions.
+    pub logits_fake: f32,
+}
+
+/// A micro-batch's real images and (detached) reconstructions.
+pub(crate) type RealFake<B> = (
+    Tensor<<B as AutodiffBackend>::InnerBackend, 4>,
+    Tensor<<B as AutodiffBackend>::InnerBackend, 4>,
+);
+
+pub(crate) type DiscOptim<B> = OptimizerAdaptor<Adam, NLayerDiscriminator<B>, B>;
+
+/// The discriminator, its optimizer and LPIPS.
+pub(crate) struct Gan<B: AutodiffBackend> {
+    pub cfg: VqganObjective,
+    pub disc: Option<NLayerDiscriminator<B>>,
+    pub optim: DiscOptim<B>,
+    pub lpips: Option<Lpips<B>>,
+}
+
+fn scalar<B: AutodiffBackend>(t: Tensor<B, 1>) -> f32 {
+    use burn::tensor::ElementConversion;
+    t.into_scalar().elem::<f32>()
+}
+
+impl<B: AutodiffBackend> Gan<B> {
+    pub fn new(
+        cfg: &VqganObjective,
+        betas: [f32; 2],
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
+        let lpips = if cfg.perceptual_weight > 0.0 {
+            Some(cfg.lpips.load::<B>(device)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            disc: Some(cfg.discriminator.init::<B>(device)?),
+            optim: AdamConfig::new()
+                .with_beta_1(betas[0])
+                .with_beta_2(betas[1])
+                .init(),
+            lpips,
+        })
+    }
+
+    pub fn disc(&self) -> &NLayerDiscriminator<B> {
+        self.disc.as_ref().expect("discriminator present")
+    }
+
+    /// `disc_factor` from `disc_start` on.
+    pub fn factor(&self, step: usize) -> f32 {
+        if step >= self.cfg.disc_start {
+            self.cfg.disc_factor
+        } else {
+            0.0
+        }
+    }
+
+    /// Generator terms for one micro-batch: returns the tensor to backpropagate (carrying the
+    /// gradient of `nll + d_w f g` through `x^`, scaled by `scale`), the value of
+    /// `nll + d_w f g`, and the logs.
+    pub fn generator(
+        &mut self,
+        x: &Tensor<B, 4>,
+        xhat: &Tensor<B, 4>,
+        features: &Tensor<B, 4>,
+        last: &Conv2d<B>,
+        step: usize,
+        scale: f32,
+    ) -> (Tensor<B, 1>, f32, GanLogs) {
+        let mut logs = GanLogs::default();
+        let x = x.clone().detach();
+        // d nll / d x^ on a leaf copy.
+        let leaf = xhat.clone().detach().require_grad();
+        let l1 = (x.clone() - leaf.clone()).abs();
+        logs.l1 = scalar(l1.clone().mean());
+        let nll = match &self.lpips {
+            Some(lpips) if self.cfg.perceptual_weight > 0.0 => {
+                let p = lpips.forward(x.clone(), leaf.clone());
+                logs.perceptual = scalar(p.clone().mean());
+                (l1 + p * self.cfg.perceptual_weight).mean()
+            }
+            _ => l1.mean(),
+        };
+        logs.nll = scalar(nll.clone());
+        let grads = nll.backward();
+        let grad_nll = leaf.grad(&grads).expect("nll reaches x^");
+        let f = self.factor(step);
+        let mut total = grad_nll.clone();
+        let mut value = logs.nll;
+        if f > 0.0 {
+            let leaf = xhat.clone().detach().require_grad();
+            if self.disc().needs_init() {
+                self.disc.as_mut().expect("disc").init_from_batch(x.clone());
+            }
+            let g = self.disc().forward(leaf.clone()).mean().neg();
+            logs.g = scalar(g.clone());
+            let grads = g.backward();
+            let grad_g = leaf.grad(&grads).expect("g reaches x^");
+            let n_nll = last_layer_grad_norm(last, features, grad_nll.clone());
+            let n_g = last_layer_grad_norm(last, features, grad_g.clone());
+            let d_w = (n_nll / (n_g + 1e-4)).clamp(0.0, 1e4) * self.cfg.disc_weight as f64;
+            logs.d_weight = d_w as f32;
+            total = total + grad_g * (d_w as f32 * f);
+            value += logs.d_weight * f * logs.g;
+        }
+        let backprop = (xhat.clone() * Tensor::from_inner(total * scale)).sum();
+        (backprop, value, logs)
+    }
+
+    /// One discriminator update on micro-batches of (real, reconstruction) pairs.
+    pub fn discriminator_step(
+        &mut self,
+        pairs: &[RealFake<B>],
+        step: usize,
+        lr: f64,
+        logs: &mut GanLogs,
+    ) -> GradientsParams {
+        use burn::optim::GradientsAccumulator;
+        let f = self.factor(step);
+        let disc = self.disc.take().expect("disc");
+        let mut acc = GradientsAccumulator::<NLayerDiscriminator<B>>::new();
+        let n = pairs.len() as f32;
+        for (x, xhat) in pairs {
+            let real = disc.forward(Tensor::from_inner(x.clone()));
+            let fake = disc.forward(Tensor::from_inner(xhat.clone()));
+            logs.logits_real += scalar(real.clone().mean()) / n;
+            logs.logits_fake += scalar(fake.clone().mean()) / n;
+            let loss = match self.cfg.disc_loss {
+                DiscLoss::Hinge => {
+                    activation::relu(real.neg() + 1.0).mean() + activation::relu(fake + 1.0).mean()
+                }
+                DiscLoss::Vanilla => {
+                    activation::softplus(real.neg(), 1.0).mean()
+                        + activation::softplus(fake, 1.0).mean()
+                }
+            } * (0.5 * f);
+            logs.disc_loss += scalar(loss.clone()) / n;
+            let grads = (loss / n).backward();
+            acc.accumulate(&disc, GradientsParams::from_grads(grads, &disc));
+        }
+        let _ = lr;
+        self.disc = Some(disc);
+        acc.grads()
+    }
+
+    /// Applies (all-reduced) discriminator gradients.
+    pub fn step_disc(&mut self, lr: f64, grads: GradientsParams) {
+        use burn::optim::Optimizer;
+        let disc = self.disc.take().expect("disc");
+        self.disc = Some(self.optim.step(lr, disc, grads));
+    }
+}
+
+/// `||dL/dW||` at the last conv for `dL/dx^ = upstream`: the gradient of
+/// `sum(conv(sg h, W') * sg upstream)` with respect to a leaf copy `W'` of its weight.
+fn last_layer_grad_norm<B: AutodiffBackend>(
+    last: &Conv2d<B>,
+    features: &Tensor<B, 4>,
+    upstream: Tensor<B::InnerBackend, 4>,
+) -> f64 {
+    use burn::tensor::ElementConversion;
+    let mut conv = last.clone();
+    let w = last.weight.val().detach().require_grad();
+    conv.weight = Param::from_tensor(w.clone());
+    conv.bias = last
+        .bias
+        .as_ref()
+        .map(|b| Param::from_tensor(b.val().detach()));
+    let y = conv.forward(features.clone().detach());
+    let grads = (y * Tensor::from_inner(upstream)).sum().backward();
+    w.grad(&grads)
+        .map(|g| g.powi_scalar(2).sum().sqrt().into_scalar().elem::<f64>())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::{
+        backend::{Autodiff, Flex},
+        tensor::Distribution,
+    };
+    use models::{AutoencoderConfig, DiscriminatorConfig, VqModelConfig};
+    use quantizers::{Mode, QuantizerConfig, VqConfig};
+
+    use super::*;
+
+    type B = Autodiff<Flex>;
+
+    /// The adaptive weight from leaf copies equals the one from full backward passes through the
+    /// generator (what taming computes with autograd.grad at the last layer).
+    #[test]
+    fn adaptive_weight_matches_direct_gradients() {
+        let device = Default::default();
+        let model = VqModelConfig {
+            autoencoder: AutoencoderConfig {
+                ch: 32,
+                ch_mult: vec![1, 2],
+                num_res_blocks: 1,
+                attn_resolutions: vec![],
+                resolution: 16,
+                in_channels: 3,
+                out_ch: 3,
+                z_channels: 8,
+                dropout: 0.0,
+                resamp_with_conv: true,
+                double_z: false,
+            },
+            quantizer: QuantizerConfig::Vq(VqConfig::new(8, 16)),
+        }
+        .init::<B>(&device)
+        .unwrap();
+        let cfg = VqganObjective {
+            codebook_weight: 1.0,
+            perceptual_weight: 0.0,
+            lpips: Default::default(),
+            disc_start: 0,
+            disc_weight: 0.8,
+            disc_factor: 1.0,
+            disc_loss: DiscLoss::Hinge,
+            discriminator: DiscriminatorConfig {
+                ndf: 8,
+                n_layers: 2,
+                ..DiscriminatorConfig::new()
+            },
+            disc_lr: None,
+        };
+        let mut gan = Gan::<B>::new(&cfg, [0.5, 0.9], &device).unwrap();
+        // Eval-mode BatchNorm would differ from train mode: compare in train mode, with the
+        // discriminator's batch statistics, on the same inputs.
+        let x = Tensor::<B, 4>::random([2, 3, 16, 16], Distribution::Uniform(-1.0, 1.0), &device);
+        let out = model.forward(x.clone(), Mode::Eval);
+        let (_, _, logs) = gan.generator(
+            &x,
+            &out.reconstruction,
+            &out.decoder_features,
+            &model.decoder.conv_out,
+            0,
+            1.0,
+        );
+
+        let norm = |loss: Tensor<B, 1>| {
+            let grads = loss.backward();
+            let g = model.decoder.conv_out.weight.grad(&grads).unwrap();
+            use burn::tensor::ElementConversion;
+            g.powi_scalar(2).sum().sqrt().into_scalar().elem::<f64>()
+        };
+        let xhat = model.forward(x.clone(), Mode::Eval).reconstruction;
+        let n_nll = norm((x.clone() - xhat).abs().mean());
+        let xhat = model.forward(x.clone(), Mode::Eval).reconstruction;
+        let n_g = norm(gan.disc().forward(xhat).mean().neg());
+        let want = (n_nll / (n_g + 1e-4)).clamp(0.0, 1e4) * 0.8;
+        let got = logs.d_weight as f64;
+        assert!(
+            (got - want).abs() <= 1e-3 * want.abs().max(1e-6),
+            "adaptive weight {got}, direct {want}"
+        );
+        assert!(got > 0.0);
+    }
+}
