@@ -40,6 +40,9 @@ pub enum TrainError {
     /// The quantizer refused its statistics.
     #[error(transparent)]
     Quantizer(#[from] quantizers::QuantizerError),
+    /// A collective operation with the other workers failed or timed out.
+    #[error("data-parallel collective: {0}")]
+    Collective(String),
     /// The loss became NaN or infinite.
     #[error(
         "step {step}: loss is {value}: training diverged (lower optim.lr or enable optim.grad_clip)"
@@ -58,5 +61,11 @@ impl TrainError {
             path: path.into(),
             source,
         }
+    }
+}
+
+impl From<crate::communicator::CommError> for TrainError {
+    fn from(e: crate::communicator::CommError) -> Self {
+        Self::Collective(e.0)
     }
 }

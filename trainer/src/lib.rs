@@ -6,18 +6,20 @@
 //! data-parallel seams ([`Collective`]), validation, metrics and atomic checkpoints.
 
 mod checkpoint;
-mod collective;
+mod communicator;
 mod config;
 pub mod data;
 mod error;
 mod gan;
 mod grad_norm;
 mod metrics;
+pub mod ring;
 mod schedule;
+pub mod sync;
 mod train;
 
 pub use checkpoint::{Checkpoints, RngState, TrainState};
-pub use collective::{Collective, SingleProcess};
+pub use communicator::{CommError, Communicator, SingleProcess};
 pub use config::{
     DataConfig, DataSource, DiscLoss, ObjectiveConfig, OptimConfig, Reconstruction, RunConfig,
     Schedule, TrainConfig, VqganObjective,

@@ -28,7 +28,7 @@ use rand::SeedableRng;
 use serde_json::json;
 
 use crate::{
-    Checkpoints, Collective, SingleProcess, TrainConfig, TrainError,
+    Checkpoints, Communicator, SingleProcess, TrainConfig, TrainError,
     checkpoint::{RngState, TrainState},
     config::{ObjectiveConfig, Reconstruction},
     data::{Dataset, Loader, LoaderOptions, Transform, load_batch, open_datasets},
@@ -36,6 +36,9 @@ use crate::{
     grad_norm::clip_global_norm,
     metrics::{MetricsWriter, psnr, save_grid},
     schedule::learning_rate,
+    sync::{
+        all_reduce_grads, all_reduce_stats, broadcast_module, broadcast_tensor, quantizer_loss,
+    },
 };
 
 /// Whether to continue from the run directory's checkpoints.
@@ -111,7 +114,7 @@ pub struct Trainer<B: AutodiffBackend> {
     train_set: Arc<dyn Dataset>,
     val_set: Arc<dyn Dataset>,
     transform: Transform,
-    collective: Box<dyn Collective<B>>,
+    comm: Box<dyn Communicator>,
     stop: Arc<AtomicBool>,
     gan: Option<Gan<B>>,
 }
@@ -123,19 +126,19 @@ fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
 impl<B: AutodiffBackend> Trainer<B> {
     /// A single-process trainer.
     pub fn new(cfg: TrainConfig, device: B::Device, resume: Resume) -> Result<Self, TrainError> {
-        Self::with_collective(cfg, device, resume, Box::new(SingleProcess))
+        Self::with_communicator(cfg, device, resume, Box::new(SingleProcess))
     }
 
-    /// A trainer that synchronizes through `collective`.
-    pub fn with_collective(
+    /// A data-parallel worker that synchronizes through `comm`.
+    pub fn with_communicator(
         cfg: TrainConfig,
         device: B::Device,
         resume: Resume,
-        collective: Box<dyn Collective<B>>,
+        mut comm: Box<dyn Communicator>,
     ) -> Result<Self, TrainError> {
         let run_dir = cfg.run_dir();
         let checkpoints = Checkpoints::new(&run_dir, cfg.run.keep_checkpoints);
-        if resume == Resume::Never && checkpoints.any() {
+        if resume == Resume::Never && comm.rank() == 0 && checkpoints.any() {
             return Err(TrainError::Checkpoint {
                 path: checkpoints.dir().to_path_buf(),
                 reason: "this run already has checkpoints: continue it with `--resume auto`, or choose another run.name".into(),
@@ -231,7 +234,15 @@ impl<B: AutodiffBackend> Trainer<B> {
                 dir.display()
             );
         }
-        let metrics = if collective.rank() == 0 {
+        if resumed_at.is_none() {
+            // Identical starting weights everywhere (each rank's seeded init should agree already).
+            model = broadcast_module(comm.as_mut(), model)?;
+            if let Some(g) = &mut gan {
+                let d = g.disc.take().expect("disc");
+                g.disc = Some(broadcast_module(comm.as_mut(), d)?);
+            }
+        }
+        let metrics = if comm.rank() == 0 {
             Some(MetricsWriter::open(&run_dir, resumed_at.or(Some(0)))?)
         } else {
             None
@@ -250,7 +261,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             train_set,
             val_set,
             transform,
-            collective,
+            comm,
             stop: Arc::new(AtomicBool::new(false)),
             gan,
         })
@@ -286,7 +297,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let total = self.cfg.run.steps;
         self.train_until(total)?;
         let val = self.validate_and_log()?;
-        if self.collective.rank() == 0 {
+        if self.comm.rank() == 0 {
             self.save_checkpoint()?;
         }
         Ok(val)
@@ -294,12 +305,12 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Trains until `last_step` steps are done (checkpointing on schedule).
     pub fn train_until(&mut self, last_step: usize) -> Result<(), TrainError> {
-        let world = self.collective.world_size();
+        let world = self.comm.world_size();
         let batch = self.cfg.run.batch_size;
         let opts = LoaderOptions {
             batch: batch / world,
             global_batch: batch,
-            rank: self.collective.rank(),
+            rank: self.comm.rank(),
             world,
             workers: self.cfg.data.workers,
             prefetch: self.cfg.data.prefetch,
@@ -311,7 +322,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             opts,
             self.cursor,
         );
-        let bar = (self.collective.rank() == 0 && std::io::stderr().is_terminal()).then(|| {
+        let bar = (self.comm.rank() == 0 && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(last_step as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -378,7 +389,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                         record[k] = json!(v);
                     }
                 }
-                if bar.is_none() && self.collective.rank() == 0 {
+                if bar.is_none() && self.comm.rank() == 0 {
                     tracing::info!(
                         "step {}/{last_step} loss {:.4} rec {:.4} codes {:.1}% ppl {:.1} {:.2} steps/s",
                         self.step,
@@ -400,8 +411,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             {
                 self.validate_and_log()?;
             }
-            let stopping = self.stop.load(Ordering::SeqCst);
-            if self.collective.rank() == 0
+            // Everyone stops at the same step when any worker was asked to.
+            let stopping = self.comm.any(self.stop.load(Ordering::SeqCst))?;
+            if self.comm.rank() == 0
                 && (self.step.is_multiple_of(self.cfg.run.checkpoint_every) || stopping)
             {
                 self.save_checkpoint()?;
@@ -448,6 +460,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             );
             if model.quantizer().needs_init() {
                 let latents = shapes::flatten_image(model.latents(x.clone()).detach());
+                let latents = broadcast_tensor(self.comm.as_mut(), latents)?;
                 model
                     .quantizer_mut()
                     .init_from_batch(latents, &mut self.quant_rng);
@@ -491,7 +504,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     (bp, v)
                 }
             };
-            let quant = fwd.encoded.quant.loss() * qw;
+            let quant = quantizer_loss(self.comm.as_mut(), &fwd.encoded.quant)? * qw;
             let quant_value = quant.clone().detach().into_scalar().elem::<f32>();
             let total = rec_value + quant_value;
             out.loss += total / accumulate as f32;
@@ -543,7 +556,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             };
         }
         // Seam 1: gradients averaged over processes, then clipped by their global norm.
-        let mut grads = self.collective.all_reduce_grads(accumulator.grads());
+        let mut grads = all_reduce_grads::<B, _>(
+            self.comm.as_mut(),
+            &model,
+            accumulator.grads(),
+            &self.device,
+        )?;
         out.grad_norm = clip_global_norm(&model, &mut grads, self.cfg.optim.grad_clip);
         let lr = learning_rate(&self.cfg.optim, self.step, self.cfg.run.steps);
         model = self.optim.step(lr, model, grads);
@@ -553,14 +571,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         {
             let disc_lr = gan.cfg.disc_lr.unwrap_or(lr);
             let grads = gan.discriminator_step(&pairs, self.step, disc_lr, &mut gan_logs);
-            let grads = self.collective.all_reduce_grads(grads);
+            let grads =
+                all_reduce_grads::<B, _>(self.comm.as_mut(), gan.disc(), grads, &self.device)?;
             gan.step_disc(disc_lr, grads);
         }
         if self.gan.is_some() {
             out.gan = Some(gan_logs);
         }
         // Seam 2: EMA statistics summed over processes before the codebook update.
-        let stats = self.collective.all_reduce_stats(stats_sum);
+        let stats = all_reduce_stats(self.comm.as_mut(), stats_sum)?;
         if !stats.is_empty() {
             let stats = stats
                 .into_iter()
@@ -681,8 +700,11 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     fn validate_and_log(&mut self) -> Result<ValStats, TrainError> {
+        if self.comm.rank() != 0 {
+            return Ok(ValStats::default());
+        }
         let (v, sample) = self.validate()?;
-        if self.collective.rank() == 0 {
+        if self.comm.rank() == 0 {
             tracing::info!(
                 "validation at step {}: mse {:.5} psnr {:.2} dB, codes used {:.1}%, perplexity {:.1}",
                 self.step,
@@ -722,7 +744,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             cursor: self.cursor,
             quant_rng: RngState::capture(&self.quant_rng),
             config_hash: self.cfg.hash(),
-            world_size: self.collective.world_size(),
+            world_size: self.comm.world_size(),
         };
         let model = self.model().clone();
         let optim_record = self.optim.to_record();

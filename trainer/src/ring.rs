@@ -1,0 +1,295 @@
+//! `TcpRing`: the CPU workers' communicator. Each rank keeps one persistent TCP connection to the
+//! next rank and one from the previous; a sum all-reduce is a reduce-scatter followed by an
+//! all-gather around the ring (the algorithm gloo and NCCL use): `2 (W-1)/W` of the buffer crosses
+//! each link, whatever the world size. Buffers of any length work (chunks differ by at most one
+//! element). Sends run on a second thread while the receive proceeds, so large buffers cannot
+//! deadlock. Every receive has a timeout: a peer that died or hangs aborts the run with a message.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use crate::communicator::{CommError, Communicator};
+
+/// A ring of TCP connections between the ranks of a run.
+pub struct TcpRing {
+    rank: usize,
+    world: usize,
+    next: TcpStream,
+    prev: TcpStream,
+    timeout: Duration,
+}
+
+fn chunk_range(n: usize, world: usize, i: usize) -> std::ops::Range<usize> {
+    let base = n / world;
+    let extra = n % world;
+    let start = i * base + i.min(extra);
+    start..start + base + usize::from(i < extra)
+}
+
+fn to_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl TcpRing {
+    /// Connects rank `rank` of `world`: `listener` is this rank's bound socket, `addrs[r]` the
+    /// address every rank listens on. Connecting and accepting give up after `timeout`.
+    pub fn connect(
+        rank: usize,
+        world: usize,
+        listener: TcpListener,
+        addrs: &[SocketAddr],
+        timeout: Duration,
+    ) -> Result<Self, CommError> {
+        assert!(world >= 2 && rank < world && addrs.len() == world);
+        let next_rank = (rank + 1) % world;
+        let deadline = Instant::now() + timeout;
+        let target = addrs[next_rank];
+        let connector = std::thread::spawn(move || -> Result<TcpStream, CommError> {
+            loop {
+                match TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
+                    Ok(s) => {
+                        let mut s = s;
+                        s.write_all(&(rank as u32).to_le_bytes()).map_err(|e| {
+                            CommError(format!(
+                                "ring: handshake with rank {next_rank} at {target}: {e}"
+                            ))
+                        })?;
+                        return Ok(s);
+                    }
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(CommError(format!(
+                            "ring: cannot reach rank {next_rank} at {target} within the timeout: {e}"
+                        )));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| CommError(format!("ring: listener: {e}")))?;
+        let prev_rank = (rank + world - 1) % world;
+        let prev = loop {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false)
+                        .map_err(|e| CommError(e.to_string()))?;
+                    s.set_read_timeout(Some(timeout))
+                        .map_err(|e| CommError(e.to_string()))?;
+                    let mut id = [0u8; 4];
+                    if s.read_exact(&mut id).is_ok() && u32::from_le_bytes(id) as usize == prev_rank
+                    {
+                        break s;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(CommError(format!(
+                            "ring: rank {prev_rank} did not connect to rank {rank} within {timeout:?}"
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(CommError(format!("ring: accept: {e}"))),
+            }
+        };
+        let next = connector
+            .join()
+            .map_err(|_| CommError("ring: connector thread panicked".into()))??;
+        for s in [&next, &prev] {
+            s.set_nodelay(true).ok();
+            s.set_read_timeout(Some(timeout))
+                .map_err(|e| CommError(e.to_string()))?;
+            s.set_write_timeout(Some(timeout))
+                .map_err(|e| CommError(e.to_string()))?;
+        }
+        Ok(Self {
+            rank,
+            world,
+            next,
+            prev,
+            timeout,
+        })
+    }
+
+    /// Sends `send` to the next rank while receiving `recv.len()` floats from the previous one.
+    fn exchange(&mut self, send: &[f32], recv: &mut [f32]) -> Result<(), CommError> {
+        let bytes = to_bytes(send);
+        let mut incoming = vec![0u8; recv.len() * 4];
+        let (next, prev) = (&mut self.next, &mut self.prev);
+        let (rank, world, timeout) = (self.rank, self.world, self.timeout);
+        let (sent, received) = std::thread::scope(|s| {
+            let h = s.spawn(move || next.write_all(&bytes));
+            let r = prev.read_exact(&mut incoming);
+            (h.join(), r)
+        });
+        let prev_rank = (rank + world - 1) % world;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(CommError(format!(
+                    "collective failed sending to rank {}: {e} (did it exit?)",
+                    (rank + 1) % world
+                )));
+            }
+            Err(_) => return Err(CommError("collective sender thread panicked".into())),
+        }
+        received.map_err(|e| {
+            let why = if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                format!("no data within the collective timeout ({timeout:?})")
+            } else {
+                e.to_string()
+            };
+            CommError(format!(
+                "collective failed receiving from rank {prev_rank}: {why}"
+            ))
+        })?;
+        for (dst, c) in recv.iter_mut().zip(incoming.chunks_exact(4)) {
+            *dst = f32::from_le_bytes(c.try_into().unwrap());
+        }
+        Ok(())
+    }
+}
+
+impl Communicator for TcpRing {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CommError> {
+        let (w, r, n) = (self.world, self.rank, buf.len());
+        let mut tmp = vec![0f32; n / w + 1];
+        // Reduce-scatter: after W-1 steps rank r holds the full sum of chunk (r + 1) % W.
+        for s in 0..w - 1 {
+            let send = chunk_range(n, w, (r + w - s) % w);
+            let recv = chunk_range(n, w, (r + w - s - 1) % w);
+            let out = buf[send].to_vec();
+            let len = recv.len();
+            self.exchange(&out, &mut tmp[..len])?;
+            for (d, v) in buf[recv].iter_mut().zip(&tmp[..len]) {
+                *d += v;
+            }
+        }
+        // All-gather: pass the reduced chunks around.
+        for s in 0..w - 1 {
+            let send = chunk_range(n, w, (r + 1 + w - s) % w);
+            let recv = chunk_range(n, w, (r + w - s) % w);
+            let out = buf[send].to_vec();
+            let len = recv.len();
+            self.exchange(&out, &mut tmp[..len])?;
+            buf[recv].copy_from_slice(&tmp[..len]);
+        }
+        Ok(())
+    }
+
+    fn broadcast(&mut self, buf: &mut [f32]) -> Result<(), CommError> {
+        // Around the ring from rank 0: each rank receives from prev, then forwards (but the last).
+        let n = buf.len();
+        if self.rank != 0 {
+            let mut incoming = vec![0u8; n * 4];
+            self.prev.read_exact(&mut incoming).map_err(|e| {
+                CommError(format!(
+                    "broadcast: nothing from rank {} within {:?}: {e}",
+                    (self.rank + self.world - 1) % self.world,
+                    self.timeout
+                ))
+            })?;
+            for (d, c) in buf.iter_mut().zip(incoming.chunks_exact(4)) {
+                *d = f32::from_le_bytes(c.try_into().unwrap());
+            }
+        }
+        if self.rank + 1 != self.world {
+            self.next.write_all(&to_bytes(buf)).map_err(|e| {
+                CommError(format!("broadcast: sending to rank {}: {e}", self.rank + 1))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Binds a listener for the ring on `host` (port chosen by the OS).
+pub fn bind(host: &str) -> Result<(TcpListener, SocketAddr), CommError> {
+    let l = TcpListener::bind((host, 0))
+        .map_err(|e| CommError(format!("cannot listen on {host}: {e}")))?;
+    let a = l.local_addr().map_err(|e| CommError(e.to_string()))?;
+    Ok((l, a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(world: usize) -> Vec<TcpRing> {
+        let bound: Vec<(TcpListener, SocketAddr)> =
+            (0..world).map(|_| bind("127.0.0.1").unwrap()).collect();
+        let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.1).collect();
+        let handles: Vec<_> = bound
+            .into_iter()
+            .enumerate()
+            .map(|(r, (l, _))| {
+                let addrs = addrs.clone();
+                std::thread::spawn(move || {
+                    TcpRing::connect(r, world, l, &addrs, Duration::from_secs(10)).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn ring_all_reduce_equals_local_sum_and_broadcast_copies_rank0() {
+        for world in [2usize, 3] {
+            let rings = ring(world);
+            let handles: Vec<_> = rings
+                .into_iter()
+                .map(|mut c| {
+                    std::thread::spawn(move || {
+                        for n in [1usize, 2, 3, 5, 7, 1000, 1_000_003] {
+                            let r = c.rank();
+                            let mut buf: Vec<f32> = (0..n)
+                                .map(|i| ((i * 7 + r * 13) % 101) as f32 * 0.5)
+                                .collect();
+                            c.all_reduce_sum(&mut buf).unwrap();
+                            for (i, v) in buf.iter().enumerate() {
+                                let want: f32 = (0..world)
+                                    .map(|q| ((i * 7 + q * 13) % 101) as f32 * 0.5)
+                                    .sum();
+                                assert_eq!(*v, want, "world {world} n {n} element {i}");
+                            }
+                            let mut b: Vec<f32> = (0..n).map(|i| (i + 100 * r) as f32).collect();
+                            c.broadcast(&mut b).unwrap();
+                            assert!(b.iter().enumerate().all(|(i, v)| *v == i as f32));
+                        }
+                        assert!(c.any(c.rank() == 1).unwrap());
+                        assert!(!c.any(false).unwrap());
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_dead_peer_gives_an_error_naming_it_not_a_hang() {
+        let mut rings = ring(2);
+        let dead = rings.pop().unwrap();
+        drop(dead);
+        let mut c = rings.pop().unwrap();
+        let start = Instant::now();
+        let err = c.all_reduce_sum(&mut [1.0; 16]).unwrap_err();
+        assert!(err.0.contains("rank 1"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(9));
+    }
+}

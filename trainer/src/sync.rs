@@ -1,0 +1,252 @@
+//! What a data-parallel step synchronizes, on top of a [`Communicator`]: parameter gradients
+//! (mean, fixed parameter order, fixed-size buckets), initial weights (rank 0's), the quantizer's
+//! EMA statistics (sum; restart candidates gathered from all ranks) and LFQ's global-batch code
+//! distribution.
+
+use burn::{
+    module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId},
+    optim::GradientsParams,
+    tensor::{Tensor, TensorData, backend::AutodiffBackend, backend::Backend},
+};
+use quantizers::{EmaStats, QuantOut};
+
+use crate::communicator::{CommError, Communicator};
+
+/// Floats per all-reduce bucket (16 MiB).
+pub const BUCKET: usize = 1 << 22;
+
+fn host<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 values")
+}
+
+struct Ids(Vec<(ParamId, usize)>);
+impl<B: Backend> ModuleVisitor<B> for Ids {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+        self.0.push((p.id, D));
+    }
+}
+
+/// A gradient taken out of `GradientsParams`, flattened.
+struct Flat {
+    id: ParamId,
+    rank: usize,
+    shape: Vec<usize>,
+    values: Vec<f32>,
+}
+
+fn take<B: AutodiffBackend, const D: usize>(
+    grads: &mut GradientsParams,
+    id: ParamId,
+) -> Option<Flat> {
+    grads.remove::<B::InnerBackend, D>(id).map(|g| Flat {
+        id,
+        rank: D,
+        shape: g.dims().to_vec(),
+        values: host(g),
+    })
+}
+
+fn put<B: AutodiffBackend, const D: usize>(
+    grads: &mut GradientsParams,
+    f: Flat,
+    device: &<B::InnerBackend as burn::tensor::backend::BackendTypes>::Device,
+) {
+    let t = Tensor::<B::InnerBackend, D>::from_data(TensorData::new(f.values, f.shape), device);
+    grads.register::<B::InnerBackend, D>(f.id, t);
+}
+
+macro_rules! by_rank {
+    ($d:expr, $f:ident, $($args:expr),*) => {
+        match $d {
+            1 => $f::<B, 1>($($args),*),
+            2 => $f::<B, 2>($($args),*),
+            3 => $f::<B, 3>($($args),*),
+            4 => $f::<B, 4>($($args),*),
+            5 => $f::<B, 5>($($args),*),
+            d => panic!("parameters of rank {d} are not supported"),
+        }
+    };
+}
+
+/// Mean of every gradient over processes, in the module's parameter order, in buckets of at most
+/// [`BUCKET`] floats.
+pub fn all_reduce_grads<B: AutodiffBackend, M: Module<B>>(
+    comm: &mut dyn Communicator,
+    module: &M,
+    mut grads: GradientsParams,
+    device: &<B::InnerBackend as burn::tensor::backend::BackendTypes>::Device,
+) -> Result<GradientsParams, CommError> {
+    let world = comm.world_size();
+    if world == 1 {
+        return Ok(grads);
+    }
+    let mut ids = Ids(Vec::new());
+    Module::<B>::visit(module, &mut ids);
+    let mut pending: Vec<Flat> = Vec::new();
+    let mut size = 0;
+    let scale = 1.0 / world as f32;
+    let flush = |pending: &mut Vec<Flat>,
+                 grads: &mut GradientsParams,
+                 comm: &mut dyn Communicator|
+     -> Result<(), CommError> {
+        let mut bucket: Vec<f32> = pending
+            .iter()
+            .flat_map(|f| f.values.iter().copied())
+            .collect();
+        comm.all_reduce_sum(&mut bucket)?;
+        let mut at = 0;
+        for mut f in pending.drain(..) {
+            let n = f.values.len();
+            f.values
+                .iter_mut()
+                .zip(&bucket[at..at + n])
+                .for_each(|(d, s)| *d = s * scale);
+            at += n;
+            by_rank!(f.rank, put, grads, f, device);
+        }
+        Ok(())
+    };
+    for (id, d) in ids.0 {
+        if let Some(f) = by_rank!(d, take, &mut grads, id) {
+            size += f.values.len();
+            pending.push(f);
+            if size >= BUCKET {
+                flush(&mut pending, &mut grads, comm)?;
+                size = 0;
+            }
+        }
+    }
+    if !pending.is_empty() {
+        flush(&mut pending, &mut grads, comm)?;
+    }
+    Ok(grads)
+}
+
+struct Broadcaster<'a> {
+    comm: &'a mut dyn Communicator,
+    error: Option<CommError>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Broadcaster<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, t, mapper) = param.consume();
+        if self.error.is_some() {
+            return Param::from_mapped_value(id, t, mapper);
+        }
+        let shape = t.dims();
+        let mut v = host(t.clone());
+        if let Err(e) = self.comm.broadcast(&mut v) {
+            self.error = Some(e);
+            return Param::from_mapped_value(id, t, mapper);
+        }
+        let new = Tensor::<B, D>::from_data(TensorData::new(v, shape), &t.device());
+        let new = if t.is_require_grad() {
+            new.require_grad()
+        } else {
+            new
+        };
+        Param::from_mapped_value(id, new, mapper)
+    }
+}
+
+/// Every parameter and buffer set to rank 0's value.
+pub fn broadcast_module<B: Backend, M: Module<B>>(
+    comm: &mut dyn Communicator,
+    module: M,
+) -> Result<M, CommError> {
+    if comm.world_size() == 1 {
+        return Ok(module);
+    }
+    let mut b = Broadcaster { comm, error: None };
+    let m = module.map(&mut b);
+    match b.error {
+        Some(e) => Err(e),
+        None => Ok(m),
+    }
+}
+
+/// Rows of every rank concatenated in rank order (`[world * n, d]`; equal `n` on all ranks).
+fn all_gather_rows<Bk: Backend>(
+    comm: &mut dyn Communicator,
+    t: Tensor<Bk, 2>,
+) -> Result<Tensor<Bk, 2>, CommError> {
+    let [n, d] = t.dims();
+    let (w, r) = (comm.world_size(), comm.rank());
+    let device = t.device();
+    let mut buf = vec![0f32; w * n * d];
+    buf[r * n * d..(r + 1) * n * d].copy_from_slice(&host(t));
+    comm.all_reduce_sum(&mut buf)?;
+    Ok(Tensor::from_data(TensorData::new(buf, [w * n, d]), &device))
+}
+
+fn reduce_tensor<Bk: Backend, const D: usize>(
+    comm: &mut dyn Communicator,
+    t: Tensor<Bk, D>,
+    broadcast: bool,
+) -> Result<Tensor<Bk, D>, CommError> {
+    let shape = t.dims();
+    let device = t.device();
+    let mut v = host(t);
+    if broadcast {
+        comm.broadcast(&mut v)?;
+    } else {
+        comm.all_reduce_sum(&mut v)?;
+    }
+    Ok(Tensor::from_data(TensorData::new(v, shape), &device))
+}
+
+/// EMA counts and sums summed over processes; the restart candidates of all processes, in rank
+/// order (= the global batch's order), so dead-code restart chooses exactly as one process would.
+pub fn all_reduce_stats<Bk: Backend>(
+    comm: &mut dyn Communicator,
+    stats: Vec<EmaStats<Bk>>,
+) -> Result<Vec<EmaStats<Bk>>, CommError> {
+    if comm.world_size() == 1 {
+        return Ok(stats);
+    }
+    stats
+        .into_iter()
+        .map(|s| {
+            Ok(EmaStats {
+                counts: reduce_tensor(comm, s.counts, false)?,
+                sums: reduce_tensor(comm, s.sums, false)?,
+                candidates: all_gather_rows(comm, s.candidates)?,
+            })
+        })
+        .collect()
+}
+
+/// Rank 0's tensor everywhere.
+pub fn broadcast_tensor<Bk: Backend, const D: usize>(
+    comm: &mut dyn Communicator,
+    t: Tensor<Bk, D>,
+) -> Result<Tensor<Bk, D>, CommError> {
+    if comm.world_size() == 1 {
+        return Ok(t);
+    }
+    reduce_tensor(comm, t, true)
+}
+
+/// The quantizer's loss with LFQ's batch entropy over the global batch.
+pub fn quantizer_loss<B: AutodiffBackend>(
+    comm: &mut dyn Communicator,
+    out: &QuantOut<B>,
+) -> Result<Tensor<B, 1>, CommError> {
+    if comm.world_size() == 1 || out.batch_entropy.is_empty() {
+        return Ok(out.loss());
+    }
+    let device = out.quantized.device();
+    let mut total = Tensor::<B, 1>::zeros([1], &device);
+    for t in &out.losses {
+        total = total + t.value.clone();
+    }
+    let world = comm.world_size() as f32;
+    for be in &out.batch_entropy {
+        let global = reduce_tensor(comm, be.local_mean_probs.clone().detach(), false)? / world;
+        total = total + be.loss_with_global(global);
+    }
+    Ok(total)
+}

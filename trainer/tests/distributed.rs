@@ -1,0 +1,180 @@
+//! Data parallelism on CPU workers: two ranks with half batches over the TCP ring end with the
+//! same parameters (and EMA codebook) as one worker with the whole batch.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use burn::{
+    backend::{Autodiff, Flex},
+    module::{Module, ModuleVisitor, Param},
+    tensor::{Tensor, backend::Backend},
+};
+use trainer::{
+    Communicator, Resume, TrainConfig, Trainer,
+    ring::{TcpRing, bind},
+};
+
+type B = Autodiff<Flex>;
+
+struct Collect(Vec<f32>);
+impl<Bk: Backend> ModuleVisitor<Bk> for Collect {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
+        self.0.extend(
+            p.val()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap(),
+        );
+    }
+}
+
+fn weights(t: &Trainer<B>) -> Vec<f32> {
+    let mut c = Collect(Vec::new());
+    t.model().visit(&mut c);
+    c.0
+}
+
+fn config(out: &Path, data: &Path, quantizer: &str) -> TrainConfig {
+    TrainConfig::from_toml(&format!(
+        r#"
+[run]
+name = "dp"
+output_dir = "{out}"
+seed = 5
+steps = 20
+batch_size = 16
+log_every = 5
+val_batches = 1
+checkpoint_every = 100
+
+[data]
+source = {{ kind = "image_folder", train = "{data}", val_fraction = 0.1, channels = 1 }}
+resolution = 28
+random_crop = true
+flip = true
+
+[model]
+kind = "peer"
+in_channels = 1
+
+[model.quantizer]
+{quantizer}
+
+[objective]
+kind = "vqvae"
+reconstruction = "l1"
+clamp_output = true
+
+[optim]
+lr = 1e-3
+grad_clip = 1.0
+"#,
+        out = out.display(),
+        data = data.display()
+    ))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run_world(world: usize, out: &Path, data: &Path, quantizer: &str) -> Vec<Vec<f32>> {
+    if world == 1 {
+        let mut t = Trainer::<B>::new(
+            config(out, data, quantizer),
+            Default::default(),
+            Resume::Never,
+        )
+        .unwrap();
+        t.train_until(20).unwrap();
+        return vec![weights(&t)];
+    }
+    let bound: Vec<_> = (0..world).map(|_| bind("127.0.0.1").unwrap()).collect();
+    let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.1).collect();
+    let handles: Vec<_> = bound
+        .into_iter()
+        .enumerate()
+        .map(|(r, (l, _))| {
+            let (addrs, out, data, q) = (
+                addrs.clone(),
+                out.to_path_buf(),
+                data.to_path_buf(),
+                quantizer.to_string(),
+            );
+            std::thread::spawn(move || {
+                let comm: Box<dyn Communicator> = Box::new(
+                    TcpRing::connect(r, world, l, &addrs, Duration::from_secs(60)).unwrap(),
+                );
+                let mut t = Trainer::<B>::with_communicator(
+                    config(&out, &data, &q),
+                    Default::default(),
+                    Resume::Never,
+                    comm,
+                )
+                .unwrap();
+                t.train_until(20).unwrap();
+                weights(&t)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn assert_close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len());
+    let mut worst = (0.0f32, 0usize);
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let d = (x - y).abs() / (1e-2 + x.abs().max(y.abs()));
+        if d > worst.0 {
+            worst = (d, i);
+        }
+    }
+    assert!(
+        worst.0 < 2e-3,
+        "{what}: element {} differs: {} vs {} (relative {})",
+        worst.1,
+        a[worst.1],
+        b[worst.1],
+        worst.0
+    );
+}
+
+fn folder(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..48u32 {
+        image::GrayImage::from_fn(30, 30, |x, y| {
+            image::Luma([((x * (i % 5 + 1) + y * (i % 7 + 2) + i) % 256) as u8])
+        })
+        .save(dir.join(format!("{i:03}.png")))
+        .unwrap();
+    }
+}
+
+#[test]
+fn two_workers_with_half_batches_equal_one_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    folder(&data);
+    let quantizers = [
+        // Rotation trick, EMA codebook, dead-code restart (restart candidates gathered from both ranks).
+        "kind = \"vq\"\ndim = 32\ncodebook_size = 64\nestimator = \"rotation\"\ncommitment_weight = 10.0\ndead_code_threshold = 0.5\ncodebook = { kind = \"ema\", decay = 0.8 }",
+        // LFQ: the batch entropy over the global batch.
+        "kind = \"lfq\"\ndim = 32\nentropy_loss_weight = 0.1\ncommitment_loss_weight = 0.25\n",
+    ];
+    for (i, q) in quantizers.iter().enumerate() {
+        let q = if q.contains("lfq") {
+            q.replace("dim = 32", "dim = 8")
+        } else {
+            q.to_string()
+        };
+        // The peer network's latent width is the quantizer's dim.
+        let one = run_world(1, &tmp.path().join(format!("one{i}")), &data, &q);
+        let two = run_world(2, &tmp.path().join(format!("two{i}")), &data, &q);
+        assert!(
+            two[0] == two[1],
+            "both ranks must hold identical parameters"
+        );
+        assert_close(
+            &one[0],
+            &two[0],
+            &format!("quantizer {i}: world 2 vs world 1"),
+        );
+    }
+}
