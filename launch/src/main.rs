@@ -1,17 +1,26 @@
 //! The `launch` binary.
 //!
-//!     launch [--resume auto|never] [--set key=value]... CONFIG.toml     train (one process, CPU)
-//!     launch check-quantizer CONFIG.toml                                 try a [quantizer] table
+//!     launch [--resume auto|never] [--set key=value]... CONFIG.toml     train (one process)
+//!     launch --cpu N [...] CONFIG.toml                                   N CPU workers, TCP ring
+//!     launch check-config CONFIG.toml / check-quantizer CONFIG.toml      validate only
 //!
-//! Logs go to stderr and to `<run>/train.log`; metrics to `<run>/metrics.jsonl`.
+//! When the environment says this process is one worker of a run (rotor's launcher, torchrun's
+//! RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, or SLURM's SLURM_PROCID/SLURM_NTASKS/...), `launch
+//! CONFIG` runs as that worker: `srun launch CONFIG` and `torchrun --no-python launch CONFIG` work.
+//! Logs go to stderr (rank 0; other ranks: warnings) and to `<run>/logs/rank-<r>.log`
+//! (`<run>/train.log` for one process); metrics to `<run>/metrics.jsonl`.
 
 mod check_quantizer;
+mod env;
+mod launcher;
+mod rendezvous;
+mod worker;
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 use trainer::{Resume, TrainConfig, Trainer};
 
 #[derive(Parser)]
@@ -31,6 +40,27 @@ struct Cli {
     /// Override a config key, e.g. `--set optim.lr=1e-4` (repeatable; after ROTOR__* env vars).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// Start N CPU worker processes on this node (data parallel over a TCP ring).
+    #[arg(long, value_name = "N")]
+    cpu: Option<usize>,
+    /// Start N GPU worker processes on this node (one per GPU, NCCL).
+    #[arg(long, value_name = "N")]
+    gpus: Option<usize>,
+    /// Nodes in a multi-node run (with --node-rank and --master).
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    /// This node's index in a multi-node run.
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Rendezvous `HOST:PORT` (rank 0's node) for multi-node runs.
+    #[arg(long, value_name = "HOST:PORT")]
+    master: Option<String>,
+    /// Restart the whole group from the latest checkpoint up to K times after a worker fails.
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    max_restarts: usize,
+    /// Seconds a rendezvous or collective may wait before the run aborts.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    timeout: u64,
 }
 
 #[derive(Subcommand)]
@@ -56,11 +86,20 @@ enum ResumeArg {
     Never,
 }
 
-type Cpu = burn::backend::Autodiff<burn::backend::Flex>;
+/// The CPU training backend.
+pub(crate) type Cpu = burn::backend::Autodiff<burn::backend::Flex>;
 
-fn init_logs(log_file: Option<&std::path::Path>) -> Result<()> {
+fn init_logs(log_file: Option<&std::path::Path>, quiet_stderr: bool) -> Result<()> {
     let filter = EnvFilter::try_from_env("ROTOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let stderr_level = if quiet_stderr {
+        tracing_subscriber::filter::LevelFilter::WARN
+    } else {
+        tracing_subscriber::filter::LevelFilter::TRACE
+    };
+    let stderr = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_filter(stderr_level);
     let file = match log_file {
         Some(p) => {
             let f = std::fs::OpenOptions::new()
@@ -86,23 +125,58 @@ fn init_logs(log_file: Option<&std::path::Path>) -> Result<()> {
     Ok(())
 }
 
-fn train(config: PathBuf, resume: ResumeArg, overrides: Vec<String>) -> Result<()> {
+fn train(config: PathBuf, resume: ResumeArg, overrides: Vec<String>, timeout: u64) -> Result<()> {
+    let worker = env::detect(&|k| std::env::var(k).ok()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cfg = TrainConfig::load(&config, &overrides)?;
     let run_dir = cfg.run_dir();
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-    init_logs(Some(&run_dir.join("train.log")))?;
-    tracing::info!(
-        "config {} -> run directory {}",
-        config.display(),
-        run_dir.display()
-    );
     let resume = match resume {
         ResumeArg::Auto => Resume::Auto,
         ResumeArg::Never => Resume::Never,
     };
-    let mut trainer = Trainer::<Cpu>::new(cfg, Default::default(), resume)?;
-    let val = trainer.run()?;
+    let (trainer, val) = match &worker {
+        Some(w) => {
+            let logs = run_dir.join("logs");
+            std::fs::create_dir_all(&logs)
+                .with_context(|| format!("cannot create {}", logs.display()))?;
+            init_logs(
+                Some(&logs.join(format!("rank-{}.log", w.rank))),
+                w.rank != 0,
+            )?;
+            let span = tracing::info_span!("rank", r = w.rank);
+            let _guard = span.enter();
+            tracing::info!(
+                "config {} -> run directory {}",
+                config.display(),
+                run_dir.display()
+            );
+            worker::run_worker(cfg, w, resume, std::time::Duration::from_secs(timeout))?
+        }
+        None => {
+            init_logs(Some(&run_dir.join("train.log")), false)?;
+            tracing::info!(
+                "config {} -> run directory {}",
+                config.display(),
+                run_dir.display()
+            );
+            let mut trainer = Trainer::<Cpu>::new(cfg, Default::default(), resume)?;
+            worker::install_stop_signals(&trainer.stop_flag())?;
+            let val = trainer.run()?;
+            (trainer, val)
+        }
+    };
+    if worker.as_ref().is_some_and(|w| w.rank != 0) {
+        return Ok(());
+    }
+    if trainer.stopped() {
+        println!(
+            "stopped at step {} on request; checkpoint written to {}/checkpoints (continue with --resume auto)",
+            trainer.step(),
+            trainer.run_dir().display()
+        );
+        return Ok(());
+    }
     let run = trainer.run_dir().display().to_string();
     println!(
         "done: {} steps; validation mse {:.5}, PSNR {:.2} dB, {:.1}% of codes used, perplexity {:.1}\n\
@@ -123,7 +197,7 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     match (cli.command, cli.config) {
         (Some(Command::CheckQuantizer { config }), _) => {
-            init_logs(None)?;
+            init_logs(None, false)?;
             check_quantizer::check_quantizer(&config)
         }
         (Some(Command::CheckConfig { config, overrides }), _) => {
@@ -135,7 +209,38 @@ fn run() -> Result<()> {
             );
             Ok(())
         }
-        (None, Some(config)) => train(config, cli.resume, cli.overrides),
+        (None, Some(config)) if cli.cpu.is_some() || cli.gpus.is_some() => {
+            init_logs(None, false)?;
+            if cli.gpus.is_some() {
+                anyhow::bail!(
+                    "--gpus: GPU workers (burn-cuda + NCCL) are not available in this build yet; use --cpu N for CPU workers"
+                );
+            }
+            let nproc = cli.cpu.unwrap_or(1);
+            if nproc == 0 || cli.nnodes == 0 || cli.node_rank >= cli.nnodes {
+                anyhow::bail!("--cpu must be >= 1 and --node-rank below --nnodes");
+            }
+            if cli.nnodes > 1 && cli.master.is_none() {
+                anyhow::bail!("a multi-node run needs --master HOST:PORT (rank 0's node)");
+            }
+            TrainConfig::load(&config, &cli.overrides)?;
+            launcher::run(&launcher::Group {
+                config: &config,
+                overrides: &cli.overrides,
+                resume: match cli.resume {
+                    ResumeArg::Auto => "auto",
+                    ResumeArg::Never => "never",
+                },
+                nproc,
+                nnodes: cli.nnodes,
+                node_rank: cli.node_rank,
+                master: cli.master.clone(),
+                max_restarts: cli.max_restarts,
+                timeout_s: cli.timeout,
+                gpus: false,
+            })
+        }
+        (None, Some(config)) => train(config, cli.resume, cli.overrides, cli.timeout),
         (None, None) => {
             anyhow::bail!("no config given: `launch CONFIG.toml` (see `launch --help`)")
         }

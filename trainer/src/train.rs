@@ -116,6 +116,8 @@ pub struct Trainer<B: AutodiffBackend> {
     transform: Transform,
     comm: Box<dyn Communicator>,
     stop: Arc<AtomicBool>,
+    stopped: bool,
+    last_checkpoint: Option<usize>,
     gan: Option<Gan<B>>,
 }
 
@@ -263,6 +265,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             transform,
             comm,
             stop: Arc::new(AtomicBool::new(false)),
+            stopped: false,
+            last_checkpoint: resumed_at,
             gan,
         })
     }
@@ -296,11 +300,19 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn run(&mut self) -> Result<ValStats, TrainError> {
         let total = self.cfg.run.steps;
         self.train_until(total)?;
+        if self.stopped {
+            return Ok(ValStats::default());
+        }
         let val = self.validate_and_log()?;
-        if self.comm.rank() == 0 {
+        if self.comm.rank() == 0 && self.last_checkpoint != Some(self.step) {
             self.save_checkpoint()?;
         }
         Ok(val)
+    }
+
+    /// True when the last run stopped early on request (a checkpoint was written).
+    pub fn stopped(&self) -> bool {
+        self.stopped
     }
 
     /// Trains until `last_step` steps are done (checkpointing on schedule).
@@ -420,6 +432,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             if stopping {
                 tracing::info!("stop requested: checkpoint written at step {}", self.step);
+                self.stopped = true;
                 break;
             }
         }
@@ -738,7 +751,8 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Writes a checkpoint of the current state (rank 0).
-    pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf, TrainError> {
+        self.last_checkpoint = Some(self.step);
         let state = TrainState {
             step: self.step,
             cursor: self.cursor,

@@ -1,0 +1,267 @@
+//! `launch --cpu N`: process-level data parallelism, failure handling and signals.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn exe() -> &'static str {
+    env!("CARGO_BIN_EXE_launch")
+}
+
+fn setup(dir: &Path, steps: usize, checkpoint_every: usize) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..40u32 {
+        image::GrayImage::from_fn(28, 28, |x, y| {
+            image::Luma([((x * (i % 5 + 1) + y * (i % 3 + 2) + i) % 256) as u8])
+        })
+        .save(data.join(format!("{i:03}.png")))
+        .unwrap();
+    }
+    let cfg = dir.join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[run]
+name = "tiny"
+output_dir = "{out}"
+seed = 1
+steps = {steps}
+batch_size = 8
+log_every = 1
+val_batches = 1
+checkpoint_every = {checkpoint_every}
+
+[data]
+source = {{ kind = "image_folder", train = "{data}", val_fraction = 0.1, channels = 1 }}
+resolution = 28
+
+[model]
+kind = "peer"
+in_channels = 1
+
+[model.quantizer]
+kind = "vq"
+dim = 32
+codebook_size = 32
+estimator = "rotation"
+dead_code_threshold = 0.5
+
+[objective]
+kind = "vqvae"
+reconstruction = "l1"
+clamp_output = true
+
+[optim]
+lr = 1e-3
+"#,
+            out = dir.join("runs").display(),
+            data = data.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("runs/tiny/metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v.get("loss").is_some())
+        .collect()
+}
+
+fn start(cfg: &Path, extra: &[&str]) -> Child {
+    Command::new(exe())
+        .args(["--cpu", "2", "--timeout", "20"])
+        .args(extra)
+        .arg(cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_steps(dir: &Path, n: usize, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while metrics(dir).len() < n {
+        assert!(child.try_wait().unwrap().is_none(), "launcher exited early");
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Child processes of `pid` with their RANK.
+fn workers(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let ppid: u32 = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if ppid == pid {
+            let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+            let rank = env
+                .split(|b| *b == 0)
+                .filter_map(|kv| std::str::from_utf8(kv).ok())
+                .find_map(|kv| kv.strip_prefix("RANK=").map(str::to_string))
+                .unwrap_or_default();
+            out.push((p, rank));
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[test]
+fn two_cpu_workers_train_and_log_per_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), 6, 3);
+    let out = Command::new(exe())
+        .args(["--cpu", "2", "--timeout", "20"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("done: 6 steps"), "{text}");
+    let run = tmp.path().join("runs/tiny");
+    assert!(run.join("logs/rank-0.log").exists() && run.join("logs/rank-1.log").exists());
+    let rank1 = std::fs::read_to_string(run.join("logs/rank-1.log")).unwrap();
+    assert!(rank1.contains("rank{r=1}"), "rank-tagged lines: {rank1}");
+    assert!(run.join("checkpoints/step-00000006").exists());
+    assert_eq!(metrics(tmp.path()).len(), 6, "only rank 0 writes metrics");
+}
+
+#[test]
+fn a_killed_worker_stops_the_group_and_names_the_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), 100_000, 100_000);
+    let mut launcher = start(&cfg, &[]);
+    wait_for_steps(tmp.path(), 2, &mut launcher);
+    let ws = workers(launcher.id());
+    assert_eq!(ws.len(), 2, "{ws:?}");
+    let victim = ws.iter().find(|(_, r)| r == "1").unwrap().0;
+    Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    let out = launcher.wait_with_output().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "launcher took {:?}",
+        t.elapsed()
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("rank 1") && text.contains("signal 9"),
+        "{text}"
+    );
+    for (p, _) in ws {
+        assert!(!alive(p), "worker {p} left behind");
+    }
+}
+
+#[test]
+fn sigterm_checkpoints_exits_zero_and_resume_matches_an_uninterrupted_run() {
+    let reference = tempfile::tempdir().unwrap();
+    let cfg = setup(reference.path(), 24, 1000);
+    let out = Command::new(exe())
+        .args(["--cpu", "2"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = metrics(reference.path());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), 24, 1000);
+    let mut launcher = start(&cfg, &[]);
+    wait_for_steps(tmp.path(), 4, &mut launcher);
+    Command::new("kill")
+        .args(["-TERM", &launcher.id().to_string()])
+        .status()
+        .unwrap();
+    let out = launcher.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "SIGTERM must end with status 0: {text}"
+    );
+    let stopped_at = metrics(tmp.path()).len();
+    assert!(stopped_at < 24, "stopped early: {stopped_at}");
+    assert!(
+        tmp.path().join("runs/tiny/checkpoints/latest").exists(),
+        "{text}"
+    );
+
+    let out = Command::new(exe())
+        .args(["--cpu", "2", "--resume", "auto"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = metrics(tmp.path());
+    assert_eq!(got.len(), 24);
+    let (a, b) = (
+        want[23]["loss"].as_f64().unwrap(),
+        got[23]["loss"].as_f64().unwrap(),
+    );
+    assert!(
+        (a - b).abs() <= 1e-3 * a.abs(),
+        "final loss {b} after resume vs {a} uninterrupted"
+    );
+}
+
+#[test]
+fn max_restarts_restarts_the_group_from_the_latest_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), 40, 5);
+    let mut launcher = start(&cfg, &["--max-restarts", "1"]);
+    wait_for_steps(tmp.path(), 12, &mut launcher);
+    let ws = workers(launcher.id());
+    let victim = ws.iter().find(|(_, r)| r == "1").unwrap().0;
+    Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .unwrap();
+    let out = launcher.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("restarting the group"), "{text}");
+    let m = metrics(tmp.path());
+    assert_eq!(m.last().unwrap()["step"].as_u64(), Some(40));
+}
