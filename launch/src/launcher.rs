@@ -110,7 +110,10 @@ pub fn run(group: &Group) -> Result<()> {
                 .env("ROTOR_LAUNCHER_PID", std::process::id().to_string())
                 .env("TORCHELASTIC_RESTART_COUNT", attempt.to_string());
             if group.gpus {
-                cmd.env("CUDA_VISIBLE_DEVICES", local.to_string());
+                cmd.env("CUDA_VISIBLE_DEVICES", local.to_string())
+                    .env("ROTOR_DEVICE", "cuda");
+            } else {
+                cmd.env("ROTOR_DEVICE", "cpu");
             }
             let child = cmd
                 .spawn()

@@ -21,7 +21,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
-use trainer::{Resume, TrainConfig, Trainer};
+use trainer::{Resume, TrainConfig};
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +58,9 @@ struct Cli {
     /// Restart the whole group from the latest checkpoint up to K times after a worker fails.
     #[arg(long, default_value_t = 0, value_name = "K")]
     max_restarts: usize,
+    /// Backend of this process (workers started by --gpus use cuda).
+    #[arg(long, value_enum, default_value = "cpu", env = "ROTOR_DEVICE")]
+    device: DeviceArg,
     /// Seconds a rendezvous or collective may wait before the run aborts.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     timeout: u64,
@@ -78,6 +81,12 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -125,7 +134,13 @@ fn init_logs(log_file: Option<&std::path::Path>, quiet_stderr: bool) -> Result<(
     Ok(())
 }
 
-fn train(config: PathBuf, resume: ResumeArg, overrides: Vec<String>, timeout: u64) -> Result<()> {
+fn train(
+    config: PathBuf,
+    resume: ResumeArg,
+    overrides: Vec<String>,
+    timeout: u64,
+    device: DeviceArg,
+) -> Result<()> {
     let worker = env::detect(&|k| std::env::var(k).ok()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cfg = TrainConfig::load(&config, &overrides)?;
     let run_dir = cfg.run_dir();
@@ -135,7 +150,12 @@ fn train(config: PathBuf, resume: ResumeArg, overrides: Vec<String>, timeout: u6
         ResumeArg::Auto => Resume::Auto,
         ResumeArg::Never => Resume::Never,
     };
-    let (trainer, val) = match &worker {
+    let device = match device {
+        DeviceArg::Cpu => worker::DeviceKind::Cpu,
+        DeviceArg::Cuda => worker::DeviceKind::Cuda,
+    };
+    let timeout = std::time::Duration::from_secs(timeout);
+    let outcome = match &worker {
         Some(w) => {
             let logs = run_dir.join("logs");
             std::fs::create_dir_all(&logs)
@@ -151,7 +171,7 @@ fn train(config: PathBuf, resume: ResumeArg, overrides: Vec<String>, timeout: u6
                 config.display(),
                 run_dir.display()
             );
-            worker::run_worker(cfg, w, resume, std::time::Duration::from_secs(timeout))?
+            worker::run(cfg, Some(w), resume, timeout, device)?
         }
         None => {
             init_logs(Some(&run_dir.join("train.log")), false)?;
@@ -160,31 +180,29 @@ fn train(config: PathBuf, resume: ResumeArg, overrides: Vec<String>, timeout: u6
                 config.display(),
                 run_dir.display()
             );
-            let mut trainer = Trainer::<Cpu>::new(cfg, Default::default(), resume)?;
-            worker::install_stop_signals(&trainer.stop_flag())?;
-            let val = trainer.run()?;
-            (trainer, val)
+            worker::run(cfg, None, resume, timeout, device)?
         }
     };
     if worker.as_ref().is_some_and(|w| w.rank != 0) {
         return Ok(());
     }
-    if trainer.stopped() {
+    if outcome.stopped {
         println!(
             "stopped at step {} on request; checkpoint written to {}/checkpoints (continue with --resume auto)",
-            trainer.step(),
-            trainer.run_dir().display()
+            outcome.step,
+            outcome.run_dir.display()
         );
         return Ok(());
     }
-    let run = trainer.run_dir().display().to_string();
+    let val = outcome.val;
+    let run = outcome.run_dir.display().to_string();
     println!(
         "done: {} steps; validation mse {:.5}, PSNR {:.2} dB, {:.1}% of codes used, perplexity {:.1}\n\
          metrics:         {run}/metrics.jsonl\n\
          reconstructions: {run}/samples/ (top row: input, bottom row: reconstruction)\n\
          checkpoints:     {run}/checkpoints/ (continue with --resume auto)\n\
          log:             {run}/train.log",
-        trainer.step(),
+        outcome.step,
         val.mse,
         val.psnr,
         val.used_fraction * 100.0,
@@ -211,12 +229,15 @@ fn run() -> Result<()> {
         }
         (None, Some(config)) if cli.cpu.is_some() || cli.gpus.is_some() => {
             init_logs(None, false)?;
-            if cli.gpus.is_some() {
+            if cli.gpus.is_some() && !cfg!(feature = "cuda") {
                 anyhow::bail!(
-                    "--gpus: GPU workers (burn-cuda + NCCL) are not available in this build yet; use --cpu N for CPU workers"
+                    "--gpus: this launch binary was built without GPU support: rebuild with `cargo build --release -p launch --features cuda`, or use --cpu N"
                 );
             }
-            let nproc = cli.cpu.unwrap_or(1);
+            if cli.cpu.is_some() && cli.gpus.is_some() {
+                anyhow::bail!("give either --cpu N or --gpus N");
+            }
+            let nproc = cli.cpu.or(cli.gpus).unwrap_or(1);
             if nproc == 0 || cli.nnodes == 0 || cli.node_rank >= cli.nnodes {
                 anyhow::bail!("--cpu must be >= 1 and --node-rank below --nnodes");
             }
@@ -237,10 +258,10 @@ fn run() -> Result<()> {
                 master: cli.master.clone(),
                 max_restarts: cli.max_restarts,
                 timeout_s: cli.timeout,
-                gpus: false,
+                gpus: cli.gpus.is_some(),
             })
         }
-        (None, Some(config)) => train(config, cli.resume, cli.overrides, cli.timeout),
+        (None, Some(config)) => train(config, cli.resume, cli.overrides, cli.timeout, cli.device),
         (None, None) => {
             anyhow::bail!("no config given: `launch CONFIG.toml` (see `launch --help`)")
         }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use trainer::{Resume, TrainConfig, Trainer, ValStats, ring::TcpRing};
+use trainer::{Communicator, Resume, TrainConfig, Trainer, ValStats, ring::TcpRing};
 
 use crate::{Cpu, env::WorkerEnv, rendezvous};
 
@@ -57,18 +57,90 @@ fn advertised_host(master: &str) -> String {
         .unwrap_or_else(|_| "127.0.0.1".into())
 }
 
-/// Runs this worker to the end of the config (or until asked to stop).
-pub fn run_worker(
+/// How a run ended.
+pub struct Outcome {
+    /// Steps done.
+    pub step: usize,
+    /// Stopped early on request (checkpoint written).
+    pub stopped: bool,
+    /// The run directory.
+    pub run_dir: std::path::PathBuf,
+    /// Final validation (default when stopped, or on ranks other than 0).
+    pub val: ValStats,
+}
+
+/// Which backend trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// burn's Flex CPU backend (TCP ring between processes).
+    Cpu,
+    /// burn-cuda on GPU `LOCAL_RANK` (NCCL between processes).
+    Cuda,
+}
+
+fn train_with<B: burn::tensor::backend::AutodiffBackend>(
     cfg: TrainConfig,
-    env: &WorkerEnv,
+    device: B::Device,
+    resume: Resume,
+    comm: Box<dyn Communicator>,
+) -> Result<Outcome> {
+    let mut trainer = Trainer::<B>::with_communicator(cfg, device, resume, comm)?;
+    install_stop_signals(&trainer.stop_flag())?;
+    let val = trainer.run()?;
+    Ok(Outcome {
+        step: trainer.step(),
+        stopped: trainer.stopped(),
+        run_dir: trainer.run_dir().to_path_buf(),
+        val,
+    })
+}
+
+/// Trains as one process (`env` is `None`) or as one worker of a run.
+pub fn run(
+    cfg: TrainConfig,
+    env: Option<&WorkerEnv>,
     resume: Resume,
     timeout: Duration,
-) -> Result<(Trainer<Cpu>, ValStats)> {
+    device: DeviceKind,
+) -> Result<Outcome> {
+    let Some(env) = env else {
+        return match device {
+            DeviceKind::Cpu => train_with::<Cpu>(
+                cfg,
+                Default::default(),
+                resume,
+                Box::new(trainer::SingleProcess),
+            ),
+            DeviceKind::Cuda => cuda::single(cfg, resume),
+        };
+    };
     watch_launcher();
     if env.rank == 0 {
         rendezvous::serve(env.master_port)?;
     }
     let mut store = rendezvous::Client::connect(&env.master_addr, env.master_port, timeout)?;
+    match device {
+        DeviceKind::Cpu => {
+            let ring = connect_ring(env, &mut store, timeout)?;
+            tracing::info!(
+                "rank {}/{} ({}): ring connected, rendezvous {}:{}",
+                env.rank,
+                env.world_size,
+                env.source,
+                env.master_addr,
+                env.master_port
+            );
+            train_with::<Cpu>(cfg, Default::default(), resume, Box::new(ring))
+        }
+        DeviceKind::Cuda => cuda::worker(cfg, env, &mut store, resume),
+    }
+}
+
+fn connect_ring(
+    env: &WorkerEnv,
+    store: &mut rendezvous::Client,
+    timeout: Duration,
+) -> Result<TcpRing> {
     let bind = if advertised_host(&env.master_addr) == "127.0.0.1" {
         "127.0.0.1"
     } else {
@@ -86,19 +158,88 @@ pub fn run_worker(
             .with_context(|| format!("rank {r} published an unusable address {a:?}"))?;
         addrs.push(sa);
     }
-    let ring = TcpRing::connect(env.rank, env.world_size, listener, &addrs, timeout)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    tracing::info!(
-        "rank {}/{} ({}): ring connected, rendezvous {}:{}",
-        env.rank,
-        env.world_size,
-        env.source,
-        env.master_addr,
-        env.master_port
-    );
-    let mut trainer =
-        Trainer::<Cpu>::with_communicator(cfg, Default::default(), resume, Box::new(ring))?;
-    install_stop_signals(&trainer.stop_flag())?;
-    let val = trainer.run()?;
-    Ok((trainer, val))
+    TcpRing::connect(env.rank, env.world_size, listener, &addrs, timeout)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use anyhow::{Result, anyhow};
+    use trainer::{Resume, TrainConfig, nccl::NcclComm};
+
+    use super::{Outcome, train_with};
+    use crate::{env::WorkerEnv, rendezvous};
+
+    type Gpu = burn::backend::Autodiff<burn::backend::Cuda>;
+
+    /// The GPU ordinal: `CUDA_VISIBLE_DEVICES` set by rotor's launcher leaves one GPU (0);
+    /// under torchrun or srun without it, the local rank.
+    fn ordinal(local_rank: usize) -> usize {
+        match std::env::var("CUDA_VISIBLE_DEVICES") {
+            Ok(v) if !v.contains(',') && !v.is_empty() => 0,
+            _ => local_rank,
+        }
+    }
+
+    pub fn single(cfg: TrainConfig, resume: Resume) -> Result<Outcome> {
+        // World size 1 still goes through NCCL, so a one-GPU run exercises the GPU collective.
+        let id = NcclComm::unique_id_hex().map_err(|e| anyhow!("{e}"))?;
+        let comm = NcclComm::connect(0, 1, ordinal(0), &id).map_err(|e| anyhow!("{e}"))?;
+        let device = burn::backend::cuda::CudaDevice::new(ordinal(0));
+        train_with::<Gpu>(cfg, device, resume, Box::new(comm))
+    }
+
+    pub fn worker(
+        cfg: TrainConfig,
+        env: &WorkerEnv,
+        store: &mut rendezvous::Client,
+        resume: Resume,
+    ) -> Result<Outcome> {
+        if env.rank == 0 {
+            store.set(
+                "nccl_id",
+                &NcclComm::unique_id_hex().map_err(|e| anyhow!("{e}"))?,
+            )?;
+        }
+        let id = store.get("nccl_id")?;
+        let gpu = ordinal(env.local_rank);
+        let comm =
+            NcclComm::connect(env.rank, env.world_size, gpu, &id).map_err(|e| anyhow!("{e}"))?;
+        tracing::info!(
+            "rank {}/{}: NCCL connected on GPU {gpu}",
+            env.rank,
+            env.world_size
+        );
+        train_with::<Gpu>(
+            cfg,
+            burn::backend::cuda::CudaDevice::new(gpu),
+            resume,
+            Box::new(comm),
+        )
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use anyhow::{Result, bail};
+    use trainer::{Resume, TrainConfig};
+
+    use super::Outcome;
+    use crate::{env::WorkerEnv, rendezvous};
+
+    const NO_CUDA: &str = "this launch binary was built without GPU support: rebuild with \
+        `cargo build --release -p launch --features cuda`, or train on the CPU (--device cpu / --cpu N)";
+
+    pub fn single(_: TrainConfig, _: Resume) -> Result<Outcome> {
+        bail!(NO_CUDA)
+    }
+
+    pub fn worker(
+        _: TrainConfig,
+        _: &WorkerEnv,
+        _: &mut rendezvous::Client,
+        _: Resume,
+    ) -> Result<Outcome> {
+        bail!(NO_CUDA)
+    }
 }

@@ -14,7 +14,7 @@ impl std::fmt::Display for CommError {
 
 /// Collective operations over all processes of a run. Every process must call the same
 /// operations in the same order with buffers of the same length.
-pub trait Communicator: Send {
+pub trait Communicator {
     /// This process's rank.
     fn rank(&self) -> usize;
     /// Number of processes.

@@ -13,6 +13,8 @@ mod error;
 mod gan;
 mod grad_norm;
 mod metrics;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod ring;
 mod schedule;
 pub mod sync;
