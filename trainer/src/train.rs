@@ -52,6 +52,20 @@ pub enum Resume {
 
 type Optim<B> = OptimizerAdaptor<AdamW, Autoencoder<B>, B>;
 
+/// Forces burn's lazily initialized parameters to draw their values.
+fn materialize<B: AutodiffBackend, M: burn::module::Module<B>>(module: &M) {
+    struct Touch;
+    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
+            let _ = p.val();
+        }
+    }
+    module.visit(&mut Touch);
+}
+
+/// Serializes seeding + drawing the initial weights from the backend's global RNG.
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Inputs, reconstructions and their shape `[n, c, h, w]`, for a PNG grid.
 pub type SampleGrid = (Vec<f32>, Vec<f32>, [usize; 4]);
 
@@ -160,6 +174,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             flip: cfg.data.flip,
             channels,
         };
+        // The backend's RNG is process-global: seed and draw under one lock, so that workers
+        // sharing a process (tests, threads) initialize deterministically.
+        let init_guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         B::seed(&device, cfg.run.seed);
         let mut model = cfg.model.init::<B>(&device)?;
         let o = &cfg.optim;
@@ -173,6 +190,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             ObjectiveConfig::Vqgan(v) => Some(Gan::new(v, cfg.optim.betas, &device)?),
             ObjectiveConfig::Vqvae { .. } => None,
         };
+        // burn initializes parameters lazily, on first use: draw them now, under the lock.
+        materialize(&model);
+        if let Some(g) = &gan {
+            materialize(g.disc());
+        }
+        drop(init_guard);
         let mut step = 0;
         let mut cursor = 0;
         let mut quant_rng = QuantRng::seed_from_u64(cfg.run.seed ^ 0x5155_414e_5449_5a45);

@@ -34,7 +34,7 @@ fn weights(t: &Trainer<B>) -> Vec<f32> {
     c.0
 }
 
-fn config(out: &Path, data: &Path, quantizer: &str) -> TrainConfig {
+fn config(out: &Path, data: &Path, quantizer: &str, accumulate: usize) -> TrainConfig {
     TrainConfig::from_toml(&format!(
         r#"
 [run]
@@ -68,6 +68,7 @@ clamp_output = true
 [optim]
 lr = 1e-3
 grad_clip = 1.0
+accumulate = {accumulate}
 "#,
         out = out.display(),
         data = data.display()
@@ -75,10 +76,17 @@ grad_clip = 1.0
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn run_world(world: usize, out: &Path, data: &Path, quantizer: &str) -> Vec<Vec<f32>> {
+/// `world` workers; with one worker the batch of 16 runs in `accumulate` micro-batches.
+fn run_world(
+    world: usize,
+    accumulate: usize,
+    out: &Path,
+    data: &Path,
+    quantizer: &str,
+) -> Vec<Vec<f32>> {
     if world == 1 {
         let mut t = Trainer::<B>::new(
-            config(out, data, quantizer),
+            config(out, data, quantizer, accumulate),
             Default::default(),
             Resume::Never,
         )
@@ -103,7 +111,7 @@ fn run_world(world: usize, out: &Path, data: &Path, quantizer: &str) -> Vec<Vec<
                     TcpRing::connect(r, world, l, &addrs, Duration::from_secs(60)).unwrap(),
                 );
                 let mut t = Trainer::<B>::with_communicator(
-                    config(&out, &data, &q),
+                    config(&out, &data, &q, 1),
                     Default::default(),
                     Resume::Never,
                     comm,
@@ -159,14 +167,22 @@ fn two_workers_with_half_batches_equal_one_worker() {
         "kind = \"lfq\"\ndim = 32\nentropy_loss_weight = 0.1\ncommitment_loss_weight = 0.25\n",
     ];
     for (i, q) in quantizers.iter().enumerate() {
-        let q = if q.contains("lfq") {
+        let lfq = q.contains("lfq");
+        // The peer network's latent width is the quantizer's dim.
+        let q = if lfq {
             q.replace("dim = 32", "dim = 8")
         } else {
             q.to_string()
         };
-        // The peer network's latent width is the quantizer's dim.
-        let one = run_world(1, &tmp.path().join(format!("one{i}")), &data, &q);
-        let two = run_world(2, &tmp.path().join(format!("two{i}")), &data, &q);
+        // One worker with the batch of 16. For the VQ it runs as two micro-batches of 8 (the same
+        // batch step, accumulated), so each forward has the shapes the two workers see and the
+        // float rounding matches: nearest-code choices and dead-code restarts are discrete, and a
+        // rounding-level difference in one of them (possible with one forward of 16, whose
+        // convolutions round differently) replaces a restarted code entirely. LFQ's batch entropy
+        // is over each forward's batch, so its reference is one forward of 16.
+        let acc = if lfq { 1 } else { 2 };
+        let one = run_world(1, acc, &tmp.path().join(format!("one{i}")), &data, &q);
+        let two = run_world(2, 1, &tmp.path().join(format!("two{i}")), &data, &q);
         assert!(
             two[0] == two[1],
             "both ranks must hold identical parameters"

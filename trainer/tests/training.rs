@@ -12,6 +12,14 @@ use trainer::{Resume, TrainConfig, Trainer};
 
 type B = Autodiff<Flex>;
 
+/// The tests of this file compare runs that start from the same seed; the backend's RNG is
+/// process-global, so they take turns rather than draw from it concurrently.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Collect(Vec<f32>);
 impl<Bk: Backend> ModuleVisitor<Bk> for Collect {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
@@ -109,6 +117,7 @@ fn folder_source(dir: &Path) -> String {
 
 #[test]
 fn resumed_run_matches_uninterrupted_run() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -208,6 +217,7 @@ fn repo() -> PathBuf {
 
 #[test]
 fn short_real_training_on_fashion_mnist_lowers_the_loss_and_reports_usage() {
+    let _serial = serial();
     let fm = repo().join("data/fashion-mnist");
     assert!(
         fm.join("train-images-idx3-ubyte.gz").exists(),
@@ -292,6 +302,7 @@ fn lpips_files(dir: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn vqgan_objective_trains_generator_and_discriminator_and_resumes() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("rgb");
     std::fs::create_dir_all(&data).unwrap();
