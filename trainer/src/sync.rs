@@ -4,13 +4,16 @@
 //! distribution.
 
 use burn::{
-    module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId},
+    module::{Module, ModuleMapper, Param, ParamId},
     optim::GradientsParams,
     tensor::{Tensor, TensorData, backend::AutodiffBackend, backend::Backend},
 };
 use quantizers::{EmaStats, QuantOut};
 
-use crate::communicator::{CommError, Communicator};
+use crate::{
+    communicator::{CommError, Communicator},
+    grad_norm::{ParamIds, by_rank},
+};
 
 /// Floats per all-reduce bucket (16 MiB).
 pub const BUCKET: usize = 1 << 22;
@@ -20,13 +23,6 @@ fn host<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
         .convert::<f32>()
         .to_vec::<f32>()
         .expect("f32 values")
-}
-
-struct Ids(Vec<(ParamId, usize)>);
-impl<B: Backend> ModuleVisitor<B> for Ids {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-        self.0.push((p.id, D));
-    }
 }
 
 /// A gradient taken out of `GradientsParams`, flattened.
@@ -58,19 +54,6 @@ fn put<B: AutodiffBackend, const D: usize>(
     grads.register::<B::InnerBackend, D>(f.id, t);
 }
 
-macro_rules! by_rank {
-    ($d:expr, $f:ident, $($args:expr),*) => {
-        match $d {
-            1 => $f::<B, 1>($($args),*),
-            2 => $f::<B, 2>($($args),*),
-            3 => $f::<B, 3>($($args),*),
-            4 => $f::<B, 4>($($args),*),
-            5 => $f::<B, 5>($($args),*),
-            d => panic!("parameters of rank {d} are not supported"),
-        }
-    };
-}
-
 /// Mean of every gradient over processes, in the module's parameter order, in buckets of at most
 /// [`BUCKET`] floats.
 pub fn all_reduce_grads<B: AutodiffBackend, M: Module<B>>(
@@ -83,8 +66,7 @@ pub fn all_reduce_grads<B: AutodiffBackend, M: Module<B>>(
     if world == 1 {
         return Ok(grads);
     }
-    let mut ids = Ids(Vec::new());
-    Module::<B>::visit(module, &mut ids);
+    let ids = ParamIds::of::<B, M>(module);
     let mut pending: Vec<Flat> = Vec::new();
     let mut size = 0;
     let scale = 1.0 / world as f32;
