@@ -17,21 +17,32 @@ pub struct MetricsWriter {
 
 impl MetricsWriter {
     /// Opens `run_dir/metrics.jsonl`. When resuming at `keep_until`, lines of later steps (written
-    /// by the interrupted run after its last checkpoint) are dropped first, atomically.
+    /// by the interrupted run after its last checkpoint, about to be recomputed) move to
+    /// `metrics.discarded.jsonl`, so nothing written is lost and the main file has one line per step.
     pub fn open(run_dir: &Path, keep_until: Option<usize>) -> Result<Self, TrainError> {
         let path = run_dir.join("metrics.jsonl");
         if let (Some(step), true) = (keep_until, path.exists()) {
             let f = File::open(&path).map_err(|e| TrainError::io(&path, e))?;
-            let kept: Vec<String> = BufReader::new(f)
+            let (kept, dropped): (Vec<String>, Vec<String>) = BufReader::new(f)
                 .lines()
                 .map_while(Result::ok)
-                .filter(|l| {
+                .partition(|l| {
                     serde_json::from_str::<serde_json::Value>(l)
                         .ok()
                         .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
                         .is_some_and(|s| s as usize <= step)
-                })
-                .collect();
+                });
+            if !dropped.is_empty() {
+                let side = run_dir.join("metrics.discarded.jsonl");
+                let mut f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&side)
+                    .map_err(|e| TrainError::io(&side, e))?;
+                f.write_all(format!("{}\n", dropped.join("\n")).as_bytes())
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| TrainError::io(&side, e))?;
+            }
             let mut text = kept.join("\n");
             if !text.is_empty() {
                 text.push('\n');

@@ -174,6 +174,12 @@ fn resumed_run_matches_uninterrupted_run() {
         (1..=6).collect::<Vec<_>>(),
         "metrics after the checkpoint were rewritten"
     );
+    let discarded =
+        std::fs::read_to_string(out_b.join("t").join("metrics.discarded.jsonl")).unwrap();
+    assert!(
+        discarded.contains("\"step\":4"),
+        "the interrupted run's step 4 is kept aside: {discarded}"
+    );
     for ((s, x), (_, y)) in la.iter().zip(&lb) {
         assert!(
             (x - y).abs() <= 1e-4 * x.abs().max(1.0),
