@@ -6,7 +6,7 @@
 //! (which checkpoint and exit 0).
 
 use std::{
-    os::unix::process::ExitStatusExt,
+    os::unix::process::{CommandExt, ExitStatusExt},
     path::Path,
     process::{Child, Command, ExitStatus},
     sync::{
@@ -94,6 +94,9 @@ pub fn run(group: &Group) -> Result<()> {
         for local in 0..group.nproc {
             let rank = group.node_rank * group.nproc + local;
             let mut cmd = Command::new(&exe);
+            // Own process group: a terminal's Ctrl-C reaches only the launcher, which forwards
+            // one SIGTERM (a second signal would make the workers exit without a checkpoint).
+            cmd.process_group(0);
             cmd.arg("--resume")
                 .arg(resume)
                 .arg("--timeout")
@@ -200,7 +203,7 @@ pub fn run(group: &Group) -> Result<()> {
             for (r, st) in &failures[1..] {
                 what += &format!(" (then rank {r}: {})", describe(*st));
             }
-            if forwarded || attempt >= group.max_restarts {
+            if forwarded || stop.load(Ordering::SeqCst) || attempt >= group.max_restarts {
                 bail!("{what}; the other workers were stopped");
             }
             attempt += 1;

@@ -84,8 +84,10 @@ fn train_with<B: burn::tensor::backend::AutodiffBackend>(
     resume: Resume,
     comm: Box<dyn Communicator>,
 ) -> Result<Outcome> {
-    let mut trainer = Trainer::<B>::with_communicator(cfg, device, resume, comm)?;
-    install_stop_signals(&trainer.stop_flag())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    install_stop_signals(&stop)?;
+    let mut trainer =
+        Trainer::<B>::with_communicator(cfg, device, resume, comm)?.with_stop_flag(stop);
     let val = trainer.run()?;
     Ok(Outcome {
         step: trainer.step(),

@@ -265,3 +265,20 @@ fn max_restarts_restarts_the_group_from_the_latest_checkpoint() {
     let m = metrics(tmp.path());
     assert_eq!(m.last().unwrap()["step"].as_u64(), Some(40));
 }
+
+#[test]
+fn a_batch_that_does_not_split_over_the_workers_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), 4, 100);
+    let out = Command::new(exe())
+        .args(["--cpu", "2", "--timeout", "20", "--set", "run.batch_size=9"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("run.batch_size") && text.contains("divisible"),
+        "{text}"
+    );
+}

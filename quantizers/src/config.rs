@@ -84,6 +84,16 @@ impl QuantizerConfig {
         }
     }
 
+    /// Codes per level.
+    pub fn codebook_size(&self) -> usize {
+        match self {
+            Self::Vq(c) => c.codebook_size,
+            Self::Lfq(c) => 1usize << c.dim.min(usize::BITS as usize - 1),
+            Self::Fsq(c) => c.levels.iter().map(|l| *l as usize).product(),
+            Self::Residual(c) => c.layers.first().map(|l| l.codebook_size()).unwrap_or(0),
+        }
+    }
+
     /// Checks every value; the error names the offending key (prefixed by the layer for stacks).
     pub fn validate(&self) -> Result<(), QuantizerError> {
         match self {
@@ -110,6 +120,16 @@ impl QuantizerConfig {
                         ));
                     }
                     layer.validate().map_err(prefix)?;
+                    if layer.codebook_size() != layers[0].codebook_size() {
+                        return Err(QuantizerError::config(
+                            &format!("layers[{i}]"),
+                            format!(
+                                "every level must have the same number of codes: layer 0 has {}, this one {}",
+                                layers[0].codebook_size(),
+                                layer.codebook_size()
+                            ),
+                        ));
+                    }
                     if layer.input_dim() != dim {
                         return Err(QuantizerError::config(
                             &format!("layers[{i}]"),

@@ -536,6 +536,18 @@ fn config_from_toml_with_clear_errors() {
     });
     let err = stack.validate().unwrap_err().to_string();
     assert!(err.contains("layers[1]"), "{err}");
+    let mixed = QuantizerConfig::Residual(ResidualConfig {
+        layers: vec![
+            QuantizerConfig::Vq(VqConfig::new(4, 8)),
+            QuantizerConfig::Vq(VqConfig::new(4, 16)),
+        ],
+        depth: None,
+    });
+    let err = mixed.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("layers[1]") && err.contains("same number of codes"),
+        "{err}"
+    );
 }
 
 #[test]

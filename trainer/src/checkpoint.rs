@@ -176,7 +176,7 @@ impl Checkpoints {
         std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
         fsync_dir(&self.dir)?;
         write_atomic(&self.dir.join("latest"), format!("{name}\n").as_bytes())?;
-        self.prune();
+        self.prune(state.step);
         Ok(final_dir)
     }
 
@@ -196,8 +196,15 @@ impl Checkpoints {
         v
     }
 
-    fn prune(&self) {
-        let all = self.all();
+    /// Removes the oldest checkpoints up to `current` beyond the newest `keep` (the one just
+    /// written is always kept; directories of later steps, left by a run that was rolled back
+    /// from a corrupted checkpoint, are not touched).
+    fn prune(&self, current: usize) {
+        let all: Vec<(usize, PathBuf)> = self
+            .all()
+            .into_iter()
+            .filter(|(s, _)| *s <= current)
+            .collect();
         if all.len() > self.keep {
             for (_, p) in &all[..all.len() - self.keep] {
                 if let Err(e) = std::fs::remove_dir_all(p) {

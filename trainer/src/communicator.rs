@@ -23,6 +23,10 @@ pub trait Communicator {
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CommError>;
     /// Rank 0's values everywhere, in place.
     fn broadcast(&mut self, buf: &mut [f32]) -> Result<(), CommError>;
+    /// Returns once every process has called it.
+    fn barrier(&mut self) -> Result<(), CommError> {
+        self.all_reduce_sum(&mut [0.0])
+    }
     /// True on every process when any process votes true.
     fn any(&mut self, vote: bool) -> Result<bool, CommError> {
         let mut b = [if vote { 1.0 } else { 0.0 }];

@@ -136,6 +136,8 @@ impl<B: AutodiffBackend> Gan<B> {
         if f > 0.0 {
             let leaf = xhat.clone().detach().require_grad();
             if self.disc().needs_init() {
+                // (The trainer initializes ActNorm from rank 0's batch before this; a direct
+                // caller gets the single-process behaviour.)
                 self.disc.as_mut().expect("disc").init_from_batch(x.clone());
             }
             let g = self.disc().forward(leaf.clone()).mean().neg();

@@ -270,6 +270,7 @@ mod tests {
                             c.broadcast(&mut b).unwrap();
                             assert!(b.iter().enumerate().all(|(i, v)| *v == i as f32));
                         }
+                        c.barrier().unwrap();
                         assert!(c.any(c.rank() == 1).unwrap());
                         assert!(!c.any(false).unwrap());
                     })

@@ -152,6 +152,20 @@ impl<B: AutodiffBackend> Trainer<B> {
         resume: Resume,
         mut comm: Box<dyn Communicator>,
     ) -> Result<Self, TrainError> {
+        let world = comm.world_size();
+        if !cfg
+            .run
+            .batch_size
+            .is_multiple_of(world * cfg.optim.accumulate)
+        {
+            return Err(TrainError::Config {
+                file: PathBuf::from("run.batch_size"),
+                message: format!(
+                    "key `run.batch_size` = {} must be divisible by workers x optim.accumulate = {world} x {}",
+                    cfg.run.batch_size, cfg.optim.accumulate
+                ),
+            });
+        }
         let run_dir = cfg.run_dir();
         let checkpoints = Checkpoints::new(&run_dir, cfg.run.keep_checkpoints);
         if resume == Resume::Never && comm.rank() == 0 && checkpoints.any() {
@@ -259,13 +273,34 @@ impl<B: AutodiffBackend> Trainer<B> {
                 dir.display()
             );
         }
-        if resumed_at.is_none() {
-            // Identical starting weights everywhere (each rank's seeded init should agree already).
-            model = broadcast_module(comm.as_mut(), model)?;
-            if let Some(g) = &mut gan {
-                let d = g.disc.take().expect("disc");
-                g.disc = Some(broadcast_module(comm.as_mut(), d)?);
-            }
+        // Every rank must continue from the same state: compare with rank 0's (step + 1, 0 when
+        // fresh; exact in f32 as two 16-bit halves), then take rank 0's weights everywhere.
+        let mine = resumed_at.map_or(0, |s| s + 1);
+        let mut agreed = [(mine >> 16) as f32, (mine & 0xffff) as f32];
+        comm.broadcast(&mut agreed)?;
+        let rank0 = ((agreed[0] as usize) << 16) | agreed[1] as usize;
+        if rank0 != mine {
+            let show = |v: usize| {
+                if v == 0 {
+                    "a fresh start".to_string()
+                } else {
+                    format!("the step-{} checkpoint", v - 1)
+                }
+            };
+            return Err(TrainError::Checkpoint {
+                path: checkpoints.dir().to_path_buf(),
+                reason: format!(
+                    "rank {} found {} but rank 0 {}: every worker must see the same checkpoints (shared storage)",
+                    comm.rank(),
+                    show(mine),
+                    show(rank0)
+                ),
+            });
+        }
+        model = broadcast_module(comm.as_mut(), model)?;
+        if let Some(g) = &mut gan {
+            let d = g.disc.take().expect("disc");
+            g.disc = Some(broadcast_module(comm.as_mut(), d)?);
         }
         let metrics = if comm.rank() == 0 {
             Some(MetricsWriter::open(&run_dir, resumed_at.or(Some(0)))?)
@@ -307,6 +342,12 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// The run directory.
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
+    }
+
+    /// Uses `flag` as the stop flag (signal handlers installed before the trainer was built).
+    pub fn with_stop_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = flag;
+        self
     }
 
     /// A flag that, once set (e.g. by a signal handler), makes the loop checkpoint and return
@@ -519,6 +560,12 @@ impl<B: AutodiffBackend> Trainer<B> {
                     (rec / accumulate as f32, v)
                 }
                 Some(gan) => {
+                    if gan.factor(self.step) > 0.0 && gan.disc().needs_init() {
+                        // ActNorm's data-dependent init from rank 0's batch, the same everywhere.
+                        let mut disc = gan.disc.take().expect("disc");
+                        disc.init_from_batch(x.clone());
+                        gan.disc = Some(broadcast_module(self.comm.as_mut(), disc)?);
+                    }
                     let (bp, v, logs) = gan.generator(
                         &x,
                         &fwd.reconstruction,
@@ -546,7 +593,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             out.loss += total / accumulate as f32;
             out.rec += rec_value / accumulate as f32;
             out.quant += quant_value / accumulate as f32;
-            if !total.is_finite() {
+            if self.comm.any(!total.is_finite())? {
                 self.model = Some(model);
                 return Err(TrainError::Diverged {
                     step: self.step + 1,
@@ -643,7 +690,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         let eval = self.transform.eval();
         let k = model.quantizer().codebook_size();
         let levels = model.quantizer().num_levels();
-        let mut hist = vec![0u64; k];
+        // One histogram per level (levels of a residual stack share the codebook size).
+        let mut hist = vec![0u64; k * levels];
         let n = self
             .val_set
             .len()
@@ -693,8 +741,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .convert::<i64>()
                 .to_vec::<i64>()
                 .expect("ints");
-            for i in ids {
-                hist[i as usize] += 1;
+            for (j, i) in ids.into_iter().enumerate() {
+                if let Some(h) = hist.get_mut((j % levels) * k + i as usize) {
+                    *h += 1;
+                }
             }
             if sample.is_none() {
                 let s = batch.shape;
@@ -721,7 +771,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         v.quant_error /= m;
         v.psnr = psnr(v.mse);
         let total: u64 = hist.iter().sum();
-        v.used_fraction = hist.iter().filter(|c| **c > 0).count() as f64 / k as f64;
+        v.used_fraction = hist.iter().filter(|c| **c > 0).count() as f64 / (k * levels) as f64;
         let entropy: f64 = hist
             .iter()
             .filter(|c| **c > 0)
@@ -730,15 +780,12 @@ impl<B: AutodiffBackend> Trainer<B> {
                 -p * p.ln()
             })
             .sum();
-        v.perplexity = entropy.exp();
-        let _ = levels;
+        v.perplexity = (entropy - (levels as f64).ln()).exp();
         Ok((v, sample))
     }
 
     fn validate_and_log(&mut self) -> Result<ValStats, TrainError> {
-        if self.comm.rank() != 0 {
-            return Ok(ValStats::default());
-        }
+        // Every rank validates (the same images), so none waits in a collective for rank 0.
         let (v, sample) = self.validate()?;
         if self.comm.rank() == 0 {
             tracing::info!(
