@@ -83,9 +83,8 @@ fn train_with<B: burn::tensor::backend::AutodiffBackend>(
     device: B::Device,
     resume: Resume,
     comm: Box<dyn Communicator>,
+    stop: Arc<AtomicBool>,
 ) -> Result<Outcome> {
-    let stop = Arc::new(AtomicBool::new(false));
-    install_stop_signals(&stop)?;
     let mut trainer =
         Trainer::<B>::with_communicator(cfg, device, resume, comm)?.with_stop_flag(stop);
     let val = trainer.run()?;
@@ -105,6 +104,10 @@ pub fn run(
     timeout: Duration,
     device: DeviceKind,
 ) -> Result<Outcome> {
+    // Handlers first: a stop request during the rendezvous or model setup is honoured at the
+    // first step boundary instead of killing the process.
+    let stop = Arc::new(AtomicBool::new(false));
+    install_stop_signals(&stop)?;
     let Some(env) = env else {
         return match device {
             DeviceKind::Cpu => train_with::<Cpu>(
@@ -112,8 +115,9 @@ pub fn run(
                 Default::default(),
                 resume,
                 Box::new(trainer::SingleProcess),
+                stop,
             ),
-            DeviceKind::Cuda => cuda::single(cfg, resume),
+            DeviceKind::Cuda => cuda::single(cfg, resume, stop),
         };
     };
     watch_launcher();
@@ -132,9 +136,9 @@ pub fn run(
                 env.master_addr,
                 env.master_port
             );
-            train_with::<Cpu>(cfg, Default::default(), resume, Box::new(ring))
+            train_with::<Cpu>(cfg, Default::default(), resume, Box::new(ring), stop)
         }
-        DeviceKind::Cuda => cuda::worker(cfg, env, &mut store, resume),
+        DeviceKind::Cuda => cuda::worker(cfg, env, &mut store, resume, stop),
     }
 }
 
@@ -166,6 +170,8 @@ fn connect_ring(
 
 #[cfg(feature = "cuda")]
 mod cuda {
+    use std::sync::{Arc, atomic::AtomicBool};
+
     use anyhow::{Result, anyhow};
     use trainer::{Resume, TrainConfig, nccl::NcclComm};
 
@@ -183,12 +189,12 @@ mod cuda {
         }
     }
 
-    pub fn single(cfg: TrainConfig, resume: Resume) -> Result<Outcome> {
+    pub fn single(cfg: TrainConfig, resume: Resume, stop: Arc<AtomicBool>) -> Result<Outcome> {
         // World size 1 still goes through NCCL, so a one-GPU run exercises the GPU collective.
         let id = NcclComm::unique_id_hex().map_err(|e| anyhow!("{e}"))?;
         let comm = NcclComm::connect(0, 1, ordinal(0), &id).map_err(|e| anyhow!("{e}"))?;
         let device = burn::backend::cuda::CudaDevice::new(ordinal(0));
-        train_with::<Gpu>(cfg, device, resume, Box::new(comm))
+        train_with::<Gpu>(cfg, device, resume, Box::new(comm), stop)
     }
 
     pub fn worker(
@@ -196,6 +202,7 @@ mod cuda {
         env: &WorkerEnv,
         store: &mut rendezvous::Client,
         resume: Resume,
+        stop: Arc<AtomicBool>,
     ) -> Result<Outcome> {
         if env.rank == 0 {
             store.set(
@@ -217,12 +224,15 @@ mod cuda {
             burn::backend::cuda::CudaDevice::new(gpu),
             resume,
             Box::new(comm),
+            stop,
         )
     }
 }
 
 #[cfg(not(feature = "cuda"))]
 mod cuda {
+    use std::sync::{Arc, atomic::AtomicBool};
+
     use anyhow::{Result, bail};
     use trainer::{Resume, TrainConfig};
 
@@ -232,7 +242,7 @@ mod cuda {
     const NO_CUDA: &str = "this launch binary was built without GPU support: rebuild with \
         `cargo build --release -p launch --features cuda`, or train on the CPU (--device cpu / --cpu N)";
 
-    pub fn single(_: TrainConfig, _: Resume) -> Result<Outcome> {
+    pub fn single(_: TrainConfig, _: Resume, _: Arc<AtomicBool>) -> Result<Outcome> {
         bail!(NO_CUDA)
     }
 
@@ -241,6 +251,7 @@ mod cuda {
         _: &WorkerEnv,
         _: &mut rendezvous::Client,
         _: Resume,
+        _: Arc<AtomicBool>,
     ) -> Result<Outcome> {
         bail!(NO_CUDA)
     }
