@@ -38,5 +38,5 @@ pub use lpips::{LPIPS_CHANNELS, LPIPS_HOWTO, Lpips, LpipsWeights};
 pub use peer_autoencoder::{PeerAutoencoder, PeerAutoencoderConfig};
 pub use quantizers;
 pub use state_dict::{StateDict, TensorEntry};
-pub use vq_model::{Encoded, VqModel, VqModelConfig, VqOutput};
+pub use vq_model::{Encoded, VqModel, VqModelConfig, VqOutput, codes_of_index_maps};
 pub use weights::{export_weights, load_weights, trainable_params};

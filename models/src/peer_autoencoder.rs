@@ -8,10 +8,13 @@ use burn::{
     nn::conv::Conv2d,
     tensor::{Int, Tensor, activation::gelu, backend::Backend, module::max_pool2d},
 };
-use quantizers::{AnyQuantizer, Mode, Quantizer, QuantizerConfig, shapes};
+use quantizers::{AnyQuantizer, Mode, QuantizerConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::{Encoded, ModelError, VqOutput, blocks::conv, blocks::upsample_nearest2};
+use crate::{
+    Encoded, ModelError, VqOutput, blocks::conv, blocks::upsample_nearest2,
+    vq_model::codes_of_index_maps,
+};
 
 /// Configuration of [`PeerAutoencoder`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,17 +82,7 @@ impl<B: Backend> PeerAutoencoder<B> {
     pub fn encode(&self, x: Tensor<B, 4>, mode: Mode) -> Encoded<B> {
         let h = gelu(pool(self.enc1.forward(x)));
         let latents = pool(self.enc2.forward(h));
-        let [b, _, hh, ww] = latents.dims();
-        let quant = self
-            .quantize
-            .quantize(shapes::flatten_image(latents.clone()), mode);
-        let quantized = shapes::unflatten_image(quant.quantized.clone(), [b, hh, ww]);
-        Encoded {
-            quantized,
-            latents,
-            quant,
-            grid: [b, hh, ww],
-        }
+        Encoded::quantize_map(&self.quantize, latents, mode)
     }
 
     /// Decodes quantized latents.
@@ -105,12 +98,7 @@ impl<B: Backend> PeerAutoencoder<B> {
 
     /// Decodes index maps `[B, levels, h, w]`.
     pub fn decode_indices(&self, indices: Tensor<B, 4, Int>) -> Tensor<B, 4> {
-        let [b, l, h, w] = indices.dims();
-        let rows = indices.permute([0, 2, 3, 1]).reshape([b * h * w, l]);
-        self.decode(shapes::unflatten_image(
-            self.quantize.decode(rows),
-            [b, h, w],
-        ))
+        self.decode(codes_of_index_maps(&self.quantize, indices))
     }
 
     /// Encode, quantize, decode.

@@ -68,10 +68,33 @@ pub struct Encoded<B: Backend> {
 }
 
 impl<B: Backend> Encoded<B> {
+    /// Quantizes a latent map `[B, D, h, w]` (rows of channels) with `quantizer`.
+    pub fn quantize_map(quantizer: &AnyQuantizer<B>, latents: Tensor<B, 4>, mode: Mode) -> Self {
+        let [b, _, h, w] = latents.dims();
+        let quant = quantizer.quantize(shapes::flatten_image(latents.clone()), mode);
+        let quantized = shapes::unflatten_image(quant.quantized.clone(), [b, h, w]);
+        Self {
+            quantized,
+            latents,
+            quant,
+            grid: [b, h, w],
+        }
+    }
+
     /// Indices as maps `[B, levels, h, w]`.
     pub fn index_maps(&self) -> Tensor<B, 4, Int> {
         shapes::index_map(self.quant.indices.clone(), self.grid)
     }
+}
+
+/// The codes `[B, D, h, w]` of index maps `[B, levels, h, w]` (eval-mode quantizer output).
+pub fn codes_of_index_maps<B: Backend>(
+    quantizer: &AnyQuantizer<B>,
+    indices: Tensor<B, 4, Int>,
+) -> Tensor<B, 4> {
+    let [b, l, h, w] = indices.dims();
+    let rows = indices.permute([0, 2, 3, 1]).reshape([b * h * w, l]);
+    shapes::unflatten_image(quantizer.decode(rows), [b, h, w])
 }
 
 /// A forward pass: reconstruction and the quantizer's output.
@@ -105,17 +128,7 @@ impl<B: Backend> VqModel<B> {
     /// Encodes and quantizes images `[B, C, H, W]`.
     pub fn encode(&self, x: Tensor<B, 4>, mode: Mode) -> Encoded<B> {
         let latents = self.quant_conv.forward(self.encoder.forward(x));
-        let [b, _, h, w] = latents.dims();
-        let quant = self
-            .quantize
-            .quantize(shapes::flatten_image(latents.clone()), mode);
-        let quantized = shapes::unflatten_image(quant.quantized.clone(), [b, h, w]);
-        Encoded {
-            quantized,
-            latents,
-            quant,
-            grid: [b, h, w],
-        }
+        Encoded::quantize_map(&self.quantize, latents, mode)
     }
 
     /// Decodes quantized latents `[B, embed_dim, h, w]`.
@@ -132,10 +145,7 @@ impl<B: Backend> VqModel<B> {
 
     /// Decodes index maps `[B, levels, h, w]` (as [`Encoded::index_maps`] gives them).
     pub fn decode_indices(&self, indices: Tensor<B, 4, Int>) -> Tensor<B, 4> {
-        let [b, l, h, w] = indices.dims();
-        let rows = indices.permute([0, 2, 3, 1]).reshape([b * h * w, l]);
-        let codes = self.quantize.decode(rows);
-        self.decode(shapes::unflatten_image(codes, [b, h, w]))
+        self.decode(codes_of_index_maps(&self.quantize, indices))
     }
 
     /// Encode, quantize, decode.

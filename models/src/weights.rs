@@ -61,6 +61,17 @@ pub fn norm_param_names(path: &str) -> String {
     }
 }
 
+/// `[r, c]` row-major values -> (`[c, r]`, transposed values).
+fn transpose(values: &[f32], r: usize, c: usize) -> (Vec<usize>, Vec<f32>) {
+    let mut t = vec![0.0; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            t[j * r + i] = values[i * c + j];
+        }
+    }
+    (vec![c, r], t)
+}
+
 /// Buffers PyTorch saves that have no counterpart here.
 fn ignorable(key: &str) -> bool {
     key.ends_with("num_batches_tracked")
@@ -97,14 +108,7 @@ impl<B: Backend, N: Naming> ModuleMapper<B> for Loader<'_, N> {
         self.used.insert(key.key.clone());
         let want = tensor.dims().to_vec();
         let (shape, values) = if key.transpose && entry.shape.len() == 2 {
-            let (r, c) = (entry.shape[0], entry.shape[1]);
-            let mut t = vec![0.0; r * c];
-            for i in 0..r {
-                for j in 0..c {
-                    t[j * r + i] = entry.values[i * c + j];
-                }
-            }
-            (vec![c, r], t)
+            transpose(&entry.values, entry.shape[0], entry.shape[1])
         } else {
             (entry.shape.clone(), entry.values.clone())
         };
@@ -214,15 +218,7 @@ impl<B: Backend, N: Naming> ModuleVisitor<B> for Exporter<'_, N> {
             .to_vec::<f32>()
             .expect("f32 values");
         if key.transpose && shape.len() == 2 {
-            let (r, c) = (shape[0], shape[1]);
-            let mut tr = vec![0.0; r * c];
-            for i in 0..r {
-                for j in 0..c {
-                    tr[j * r + i] = values[i * c + j];
-                }
-            }
-            values = tr;
-            shape = vec![c, r];
+            (shape, values) = transpose(&values, shape[0], shape[1]);
         }
         self.dict.insert(key.key, TensorEntry { shape, values });
     }
