@@ -109,7 +109,7 @@ impl<B: Backend> Autoencoder<B> {
     /// Latents before quantization, for k-means initialization.
     pub fn latents(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
-            Self::VqModel(m) => m.quant_conv.forward(m.encoder.forward(x)),
+            Self::VqModel(m) => crate::cpu::conv2d(&m.quant_conv, m.encoder.forward(x)),
             Self::Peer(m) => m.encode(x, Mode::Eval).latents,
         }
     }

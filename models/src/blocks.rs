@@ -12,6 +12,8 @@ use burn::{
     tensor::{Tensor, activation, backend::Backend},
 };
 
+use crate::cpu;
+
 /// taming's `Normalize`: GroupNorm with 32 groups, eps 1e-6, affine.
 pub fn normalize<B: Backend>(channels: usize, device: &B::Device) -> GroupNorm<B> {
     GroupNormConfig::new(32, channels)
@@ -21,7 +23,12 @@ pub fn normalize<B: Backend>(channels: usize, device: &B::Device) -> GroupNorm<B
 
 /// `x * sigmoid(x)`.
 pub fn swish<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    activation::silu(x)
+    cpu::silu(x)
+}
+
+/// `swish(norm(x))`, one fused operation on the CPU backend.
+pub fn norm_swish<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    cpu::group_norm_silu(norm, x)
 }
 
 /// A `k x k` convolution with symmetric padding `pad` and the given stride.
@@ -71,12 +78,13 @@ impl<B: Backend> ResnetBlock<B> {
 
     /// `skip(x) + conv2(dropout(swish(norm2(conv1(swish(norm1(x)))))))`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(swish(self.norm1.forward(x.clone())));
-        let h = self
-            .conv2
-            .forward(self.dropout.forward(swish(self.norm2.forward(h))));
+        let h = cpu::conv2d(&self.conv1, norm_swish(&self.norm1, x.clone()));
+        let h = cpu::conv2d(
+            &self.conv2,
+            self.dropout.forward(norm_swish(&self.norm2, h)),
+        );
         let skip = match &self.nin_shortcut {
-            Some(c) => c.forward(x),
+            Some(c) => cpu::conv2d(c, x),
             None => x,
         };
         skip + h
@@ -113,17 +121,15 @@ impl<B: Backend> AttnBlock<B> {
     /// `x + proj_out(v softmax(q^T k / sqrt(c))^T)`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
-        let n = self.norm.forward(x.clone());
-        let q = self
-            .q
-            .forward(n.clone())
+        let n = cpu::group_norm(&self.norm, x.clone());
+        let q = cpu::conv2d(&self.q, n.clone())
             .reshape([b, c, h * w])
             .swap_dims(1, 2); // b, hw, c
-        let k = self.k.forward(n.clone()).reshape([b, c, h * w]); // b, c, hw
-        let v = self.v.forward(n).reshape([b, c, h * w]); // b, c, hw
+        let k = cpu::conv2d(&self.k, n.clone()).reshape([b, c, h * w]); // b, c, hw
+        let v = cpu::conv2d(&self.v, n).reshape([b, c, h * w]); // b, c, hw
         let attn = activation::softmax(q.matmul(k) * (c as f64).powf(-0.5), 2); // b, hw(i), hw(j)
         let out = v.matmul(attn.swap_dims(1, 2)).reshape([b, c, h, w]);
-        x + self.proj_out.forward(out)
+        x + cpu::conv2d(&self.proj_out, out)
     }
 }
 
@@ -137,14 +143,18 @@ pub struct Downsample<B: Backend> {
 impl<B: Backend> Downsample<B> {
     /// A downsampling layer over `c` channels.
     pub fn new(c: usize, device: &B::Device) -> Self {
+        // torch's F.pad(x, (0, 1, 0, 1)) as the conv's own (top, left, bottom, right) padding.
         Self {
-            conv: conv(c, c, 3, 2, 0, device),
+            conv: Conv2dConfig::new([c, c], [3, 3])
+                .with_stride([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(0, 0, 1, 1))
+                .init(device),
         }
     }
 
     /// `conv(pad(x, (0, 1, 0, 1)))`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.conv.forward(x.pad((0, 1, 0, 1), 0.0))
+        cpu::conv2d(&self.conv, x)
     }
 }
 
@@ -165,14 +175,11 @@ impl<B: Backend> Upsample<B> {
 
     /// `conv(nearest_x2(x))`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.conv.forward(upsample_nearest2(x))
+        cpu::conv2d(&self.conv, upsample_nearest2(x))
     }
 }
 
 /// Exact nearest x2 upsampling: every pixel becomes a 2x2 block.
 pub fn upsample_nearest2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1])
-        .expand([b, c, h, 2, w, 2])
-        .reshape([b, c, 2 * h, 2 * w])
+    cpu::upsample_nearest2(x)
 }

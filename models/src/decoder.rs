@@ -12,7 +12,8 @@ use burn::{
 
 use crate::{
     AutoencoderConfig, ModelError,
-    blocks::{AttnBlock, ResnetBlock, Upsample, conv, normalize, swish},
+    blocks::{AttnBlock, ResnetBlock, Upsample, conv, norm_swish, normalize},
+    cpu,
     encoder::Mid,
 };
 
@@ -90,7 +91,7 @@ impl<B: Backend> Decoder<B> {
 
     /// Decodes latents, also returning the input of `conv_out`.
     pub fn forward_with_features(&self, z: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let mut h = self.mid.forward(self.conv_in.forward(z));
+        let mut h = self.mid.forward(cpu::conv2d(&self.conv_in, z));
         for level in self.up.iter().rev() {
             for (i, block) in level.block.iter().enumerate() {
                 h = block.forward(h);
@@ -102,8 +103,8 @@ impl<B: Backend> Decoder<B> {
                 h = us.forward(h);
             }
         }
-        let h = swish(self.norm_out.forward(h));
-        (self.conv_out.forward(h.clone()), h)
+        let h = norm_swish(&self.norm_out, h);
+        (cpu::conv2d(&self.conv_out, h.clone()), h)
     }
 
     /// `decoder.conv_out.weight`: where taming measures gradient norms for the adaptive GAN weight.

@@ -154,7 +154,7 @@ pub struct DiscBlock<B: Backend> {
 
 impl<B: Backend> DiscBlock<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv.forward(x);
+        let h = crate::cpu::conv2d(&self.conv, x);
         let h = match &self.norm {
             DiscNorm::Batch(n) => n.forward(h),
             DiscNorm::Act(n) => n.forward(h),
@@ -177,11 +177,11 @@ pub struct NLayerDiscriminator<B: Backend> {
 impl<B: Backend> NLayerDiscriminator<B> {
     /// Patch logits.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut h = leaky_relu(self.first.forward(x), 0.2);
+        let mut h = leaky_relu(crate::cpu::conv2d(&self.first, x), 0.2);
         for b in &self.blocks {
             h = b.forward(h);
         }
-        self.last.forward(h)
+        crate::cpu::conv2d(&self.last, h)
     }
 
     /// True while an ActNorm waits for its data-dependent initialization.
@@ -194,9 +194,9 @@ impl<B: Backend> NLayerDiscriminator<B> {
     /// Initializes every ActNorm from the activations of `x` (taming does this on the first
     /// training forward). Call once with the first batch of real images.
     pub fn init_from_batch(&mut self, x: Tensor<B, 4>) {
-        let mut h = leaky_relu(self.first.forward(x.detach()), 0.2).detach();
+        let mut h = leaky_relu(crate::cpu::conv2d(&self.first, x.detach()), 0.2).detach();
         for b in &mut self.blocks {
-            let pre = b.conv.forward(h.clone()).detach();
+            let pre = crate::cpu::conv2d(&b.conv, h.clone()).detach();
             if let DiscNorm::Act(a) = &mut b.norm
                 && a.needs_init()
             {

@@ -8,7 +8,8 @@ use burn::{
 
 use crate::{
     AutoencoderConfig, ModelError,
-    blocks::{AttnBlock, Downsample, ResnetBlock, conv, normalize, swish},
+    blocks::{AttnBlock, Downsample, ResnetBlock, conv, norm_swish, normalize},
+    cpu,
 };
 
 /// One resolution level of the encoder.
@@ -108,7 +109,7 @@ impl<B: Backend> Encoder<B> {
 
     /// Encodes images.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut h = self.conv_in.forward(x);
+        let mut h = cpu::conv2d(&self.conv_in, x);
         for level in &self.down {
             for (i, block) in level.block.iter().enumerate() {
                 h = block.forward(h);
@@ -121,6 +122,6 @@ impl<B: Backend> Encoder<B> {
             }
         }
         let h = self.mid.forward(h);
-        self.conv_out.forward(swish(self.norm_out.forward(h)))
+        cpu::conv2d(&self.conv_out, norm_swish(&self.norm_out, h))
     }
 }

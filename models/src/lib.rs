@@ -15,6 +15,7 @@
 mod autoencoder;
 mod autoencoder_config;
 pub mod blocks;
+pub mod cpu;
 mod decoder;
 mod discriminator;
 mod encoder;

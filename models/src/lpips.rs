@@ -13,7 +13,7 @@ use std::path::Path;
 use burn::{
     module::{Module, Param, ParamId},
     nn::{PaddingConfig2d, conv::Conv2d, conv::Conv2dConfig},
-    tensor::{Tensor, TensorData, activation::relu, backend::Backend, module::max_pool2d},
+    tensor::{Tensor, TensorData, activation::relu, backend::Backend},
 };
 
 use crate::{
@@ -168,9 +168,9 @@ impl<B: Backend> Lpips<B> {
         let mut h = x;
         for (k, conv) in self.convs.iter().enumerate() {
             if k > 0 && SLICE_OF[k] != SLICE_OF[k - 1] {
-                h = max_pool2d(h, [2, 2], [2, 2], [0, 0], [1, 1], false);
+                h = crate::cpu::max_pool2x2(h);
             }
-            h = relu(conv.forward(h));
+            h = relu(crate::cpu::conv2d(conv, h));
             if k + 1 == self.convs.len() || SLICE_OF[k + 1] != SLICE_OF[k] {
                 taps.push(h.clone());
             }
@@ -187,7 +187,7 @@ impl<B: Backend> Lpips<B> {
         let mut total: Option<Tensor<B, 4>> = None;
         for ((x, y), lin) in fa.into_iter().zip(fb).zip(&self.lins) {
             let d = (unit_normalize(x) - unit_normalize(y)).powi_scalar(2);
-            let v = lin.forward(d).mean_dim(2).mean_dim(3);
+            let v = crate::cpu::conv2d(lin, d).mean_dim(2).mean_dim(3);
             total = Some(match total {
                 Some(t) => t + v,
                 None => v,

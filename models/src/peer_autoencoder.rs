@@ -6,13 +6,13 @@
 use burn::{
     module::Module,
     nn::conv::Conv2d,
-    tensor::{Int, Tensor, activation::gelu, backend::Backend, module::max_pool2d},
+    tensor::{Int, Tensor, backend::Backend},
 };
 use quantizers::{AnyQuantizer, Mode, QuantizerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Encoded, ModelError, VqOutput, blocks::conv, blocks::upsample_nearest2,
+    Encoded, ModelError, VqOutput, blocks::conv, blocks::upsample_nearest2, cpu,
     vq_model::codes_of_index_maps,
 };
 
@@ -74,14 +74,14 @@ pub struct PeerAutoencoder<B: Backend> {
 }
 
 fn pool<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false)
+    cpu::max_pool2x2(x)
 }
 
 impl<B: Backend> PeerAutoencoder<B> {
     /// Encodes and quantizes `[B, C, H, W]` (H, W divisible by 4).
     pub fn encode(&self, x: Tensor<B, 4>, mode: Mode) -> Encoded<B> {
-        let h = gelu(pool(self.enc1.forward(x)));
-        let latents = pool(self.enc2.forward(h));
+        let h = cpu::gelu(pool(cpu::conv2d(&self.enc1, x)));
+        let latents = pool(cpu::conv2d(&self.enc2, h));
         Encoded::quantize_map(&self.quantize, latents, mode)
     }
 
@@ -92,8 +92,8 @@ impl<B: Backend> PeerAutoencoder<B> {
 
     /// Decodes, also returning the input of the last conv.
     pub fn decode_with_features(&self, q: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let h = upsample_nearest2(gelu(self.dec1.forward(upsample_nearest2(q))));
-        (self.dec2.forward(h.clone()), h)
+        let h = upsample_nearest2(cpu::gelu(cpu::conv2d(&self.dec1, upsample_nearest2(q))));
+        (cpu::conv2d(&self.dec2, h.clone()), h)
     }
 
     /// Decodes index maps `[B, levels, h, w]`.

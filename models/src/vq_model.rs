@@ -127,20 +127,20 @@ pub struct VqModel<B: Backend> {
 impl<B: Backend> VqModel<B> {
     /// Encodes and quantizes images `[B, C, H, W]`.
     pub fn encode(&self, x: Tensor<B, 4>, mode: Mode) -> Encoded<B> {
-        let latents = self.quant_conv.forward(self.encoder.forward(x));
+        let latents = crate::cpu::conv2d(&self.quant_conv, self.encoder.forward(x));
         Encoded::quantize_map(&self.quantize, latents, mode)
     }
 
     /// Decodes quantized latents `[B, embed_dim, h, w]`.
     pub fn decode(&self, quantized: Tensor<B, 4>) -> Tensor<B, 4> {
         self.decoder
-            .forward(self.post_quant_conv.forward(quantized))
+            .forward(crate::cpu::conv2d(&self.post_quant_conv, quantized))
     }
 
     /// Decodes, also returning the input of the decoder's last conv.
     pub fn decode_with_features(&self, quantized: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         self.decoder
-            .forward_with_features(self.post_quant_conv.forward(quantized))
+            .forward_with_features(crate::cpu::conv2d(&self.post_quant_conv, quantized))
     }
 
     /// Decodes index maps `[B, levels, h, w]` (as [`Encoded::index_maps`] gives them).

@@ -1,0 +1,447 @@
+//! rotor's CPU kernels (`models::cpu`) against burn's own operations on the same backend:
+//! outputs and every gradient within 1e-5 + 1e-4 |want|, on odd sizes, strides 1 and 2,
+//! asymmetric padding (taming's Downsample), dilation, batch 1, the chunked-columns path, and
+//! the plain (evaluation) backend.
+
+use burn::{
+    backend::{Autodiff, Flex},
+    module::{AutodiffModule, Param},
+    nn::{
+        GroupNorm, GroupNormConfig, PaddingConfig2d,
+        conv::{Conv2d, Conv2dConfig},
+    },
+    tensor::{Distribution, Tensor, backend::Backend},
+};
+use models::cpu;
+
+type B = Autodiff<Flex>;
+
+/// Asserts `got` = `want` element-wise within 1e-5 + 1e-4 |want|.
+fn assert_close<Bk: Backend, const D: usize>(what: &str, got: Tensor<Bk, D>, want: Tensor<Bk, D>) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shapes");
+    let got = got.into_data().to_vec::<f32>().unwrap();
+    let want = want.into_data().to_vec::<f32>().unwrap();
+    let mut worst = (0.0f32, 0usize);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let excess = (g - w).abs() - (1e-5 + 1e-4 * w.abs());
+        assert!(!g.is_nan(), "{what}: NaN at {i}");
+        if excess > worst.0 {
+            worst = (excess, i);
+        }
+    }
+    assert!(
+        worst.0 <= 0.0,
+        "{what}: element {} is {} but burn gives {}",
+        worst.1,
+        got[worst.1],
+        want[worst.1]
+    );
+}
+
+fn random<const D: usize>(shape: [usize; D], scale: f64) -> Tensor<B, D> {
+    Tensor::random(shape, Distribution::Normal(0.0, scale), &Default::default())
+}
+
+/// Runs `f` on a fresh leaf copy of `x`, back-propagates `sum(f(x) * g)` and returns the output
+/// and the gradient of `x`, plus whatever `extra` reads from the gradients.
+fn run<const D: usize, const E: usize, T>(
+    x: &Tensor<B, D>,
+    g: &Tensor<B, E>,
+    f: &impl Fn(Tensor<B, D>) -> Tensor<B, E>,
+    extra: impl Fn(&<B as burn::tensor::backend::AutodiffBackend>::Gradients) -> T,
+) -> (Tensor<B, E>, Tensor<Flex, D>, T) {
+    let x = x.clone().detach().require_grad();
+    let out = f(x.clone());
+    let grads = (out.clone() * g.clone()).sum().backward();
+    let dx = x.grad(&grads).expect("x has a gradient");
+    (out.detach(), dx, extra(&grads))
+}
+
+/// Compares kernel and reference output, input gradient, and the extra gradients.
+fn compare<const D: usize, const E: usize, const N: usize>(
+    what: &str,
+    x: Tensor<B, D>,
+    out_shape: [usize; E],
+    f: impl Fn(Tensor<B, D>) -> Tensor<B, E>,
+    extra: impl Fn(&<B as burn::tensor::backend::AutodiffBackend>::Gradients) -> [Tensor<Flex, 1>; N],
+) {
+    let g = random(out_shape, 1.0);
+    let (out, dx, ex) = run(&x, &g, &f, &extra);
+    let (want_out, want_dx, want_ex) = cpu::with_reference_ops(|| run(&x, &g, &f, &extra));
+    assert_close(&format!("{what} output"), out, want_out);
+    assert_close(&format!("{what} input gradient"), dx, want_dx);
+    for (i, (a, b)) in ex.into_iter().zip(want_ex).enumerate() {
+        assert_close(&format!("{what} parameter gradient {i}"), a, b);
+    }
+}
+
+struct ConvCase {
+    n: usize,
+    ci: usize,
+    co: usize,
+    h: usize,
+    w: usize,
+    k: [usize; 2],
+    stride: usize,
+    /// top, left, bottom, right
+    pad: [usize; 4],
+    dilation: usize,
+    bias: bool,
+}
+
+fn conv_case(c: &ConvCase) {
+    let device = Default::default();
+    let conv: Conv2d<B> = Conv2dConfig::new([c.ci, c.co], c.k)
+        .with_stride([c.stride, c.stride])
+        .with_dilation([c.dilation, c.dilation])
+        .with_padding(PaddingConfig2d::Explicit(
+            c.pad[0], c.pad[1], c.pad[2], c.pad[3],
+        ))
+        .with_bias(c.bias)
+        .init(&device);
+    let x = random([c.n, c.ci, c.h, c.w], 1.0);
+    let out_side = |side: usize, before: usize, after: usize, k: usize| {
+        (side + before + after - c.dilation * (k - 1) - 1) / c.stride + 1
+    };
+    let shape = [
+        c.n,
+        c.co,
+        out_side(c.h, c.pad[0], c.pad[2], c.k[0]),
+        out_side(c.w, c.pad[1], c.pad[3], c.k[1]),
+    ];
+    let what = format!(
+        "conv n{} {}->{} {}x{} k{:?} s{} pad{:?} d{} bias {}",
+        c.n, c.ci, c.co, c.h, c.w, c.k, c.stride, c.pad, c.dilation, c.bias
+    );
+    if c.bias {
+        compare(
+            &what,
+            x.clone(),
+            shape,
+            |x| cpu::conv2d(&conv, x),
+            |g| {
+                let dw = conv.weight.grad(g).expect("weight gradient");
+                let db = conv.bias.as_ref().unwrap().grad(g).expect("bias gradient");
+                [dw.flatten(0, 3), db]
+            },
+        );
+    } else {
+        compare(
+            &what,
+            x.clone(),
+            shape,
+            |x| cpu::conv2d(&conv, x),
+            |g| [conv.weight.grad(g).expect("weight gradient").flatten(0, 3)],
+        );
+    }
+    // Evaluation backend: forward only.
+    let plain = conv.valid();
+    let xi = x.inner();
+    let got = cpu::conv2d(&plain, xi.clone());
+    let want = cpu::with_reference_ops(|| cpu::conv2d(&plain, xi));
+    assert_close(&format!("{what} (plain backend)"), got, want);
+}
+
+#[test]
+fn conv2d_matches_burn() {
+    let cases = [
+        // batch 1, one input channel (the peer net's first conv)
+        ConvCase {
+            n: 1,
+            ci: 1,
+            co: 16,
+            h: 28,
+            w: 28,
+            k: [3, 3],
+            stride: 1,
+            pad: [1; 4],
+            dilation: 1,
+            bias: true,
+        },
+        // odd sizes, stride 2, taming's Downsample padding (0, 1, 0, 1)
+        ConvCase {
+            n: 3,
+            ci: 5,
+            co: 7,
+            h: 9,
+            w: 11,
+            k: [3, 3],
+            stride: 2,
+            pad: [0, 0, 1, 1],
+            dilation: 1,
+            bias: true,
+        },
+        // 1x1 (attention projections, nin_shortcut)
+        ConvCase {
+            n: 2,
+            ci: 4,
+            co: 6,
+            h: 8,
+            w: 5,
+            k: [1, 1],
+            stride: 1,
+            pad: [0; 4],
+            dilation: 1,
+            bias: true,
+        },
+        // PatchGAN: kernel 4, stride 2, padding 1, no bias
+        ConvCase {
+            n: 2,
+            ci: 3,
+            co: 4,
+            h: 7,
+            w: 10,
+            k: [4, 4],
+            stride: 2,
+            pad: [1; 4],
+            dilation: 1,
+            bias: false,
+        },
+        // every side padded differently, non-square kernel
+        ConvCase {
+            n: 2,
+            ci: 3,
+            co: 5,
+            h: 6,
+            w: 7,
+            k: [3, 2],
+            stride: 1,
+            pad: [2, 0, 1, 3],
+            dilation: 1,
+            bias: true,
+        },
+        // dilation 2
+        ConvCase {
+            n: 1,
+            ci: 2,
+            co: 3,
+            h: 9,
+            w: 9,
+            k: [3, 3],
+            stride: 1,
+            pad: [2; 4],
+            dilation: 2,
+            bias: true,
+        },
+        // 1x1 with stride 2 (not the pointwise shortcut)
+        ConvCase {
+            n: 2,
+            ci: 3,
+            co: 2,
+            h: 5,
+            w: 6,
+            k: [1, 1],
+            stride: 2,
+            pad: [0; 4],
+            dilation: 1,
+            bias: true,
+        },
+    ];
+    for c in &cases {
+        conv_case(c);
+    }
+}
+
+#[test]
+fn conv2d_chunked_columns_match_burn() {
+    // 16 x (64 * 9) x (64 * 64) columns exceed the kernel's 32 Mi-float budget: two chunks.
+    let device = Default::default();
+    let conv: Conv2d<B> = Conv2dConfig::new([64, 2], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&device);
+    let x = random([16, 64, 64, 64], 1.0);
+    compare(
+        "chunked conv",
+        x.clone(),
+        [16, 2, 64, 64],
+        |x| cpu::conv2d(&conv, x),
+        |_| -> [Tensor<Flex, 1>; 0] { [] },
+    );
+    // The weight gradient sums 65,536 products per entry: f32 rounding alone (burn's as much as
+    // ours) exceeds 1e-4 relative where terms cancel. Both are held to the f64 truth instead,
+    // within f32 summation error: 1e-5 + 1e-4 |truth| + 2e-8 sum |terms| (~8e-4 here).
+    let g = random([16, 2, 64, 64], 1.0);
+    let weight_grad = || {
+        let out = cpu::conv2d(&conv, x.clone());
+        let grads = (out * g.clone()).sum().backward();
+        conv.weight
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let ours = weight_grad();
+    let burn = cpu::with_reference_ops(weight_grad);
+    let xs = x.into_data().to_vec::<f32>().unwrap();
+    let gs = g.into_data().to_vec::<f32>().unwrap();
+    for idx in 0..ours.len() {
+        let (co, ci, i, j) = (idx / 576, idx % 576 / 9, idx % 9 / 3, idx % 3);
+        let (mut sum, mut abs) = (0f64, 0f64);
+        for n in 0..16 {
+            for oy in 0..64 {
+                let iy = oy + i;
+                if iy == 0 || iy > 64 {
+                    continue;
+                }
+                for ox in 0..64 {
+                    let ix = ox + j;
+                    if ix == 0 || ix > 64 {
+                        continue;
+                    }
+                    let t = xs[((n * 64 + ci) * 64 + iy - 1) * 64 + ix - 1] as f64
+                        * gs[((n * 2 + co) * 64 + oy) * 64 + ox] as f64;
+                    sum += t;
+                    abs += t.abs();
+                }
+            }
+        }
+        let bound = 1e-5 + 1e-4 * sum.abs() + 2e-8 * abs;
+        for (who, v) in [("rotor", ours[idx]), ("burn", burn[idx])] {
+            assert!(
+                (v as f64 - sum).abs() <= bound,
+                "chunked conv weight gradient {idx}: {who} {v}, f64 truth {sum}, bound {bound:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn activations_match_burn() {
+    for shape in [[2, 3, 5, 7], [1, 1, 1, 1], [1, 16, 14, 14]] {
+        let x = random(shape, 3.0);
+        compare(
+            "gelu",
+            x.clone(),
+            shape,
+            cpu::gelu,
+            |_| -> [Tensor<Flex, 1>; 0] { [] },
+        );
+        compare(
+            "silu",
+            x.clone(),
+            shape,
+            cpu::silu,
+            |_| -> [Tensor<Flex, 1>; 0] { [] },
+        );
+        let xi = x.inner();
+        assert_close(
+            "gelu (plain)",
+            cpu::gelu(xi.clone()),
+            cpu::with_reference_ops(|| cpu::gelu(xi.clone())),
+        );
+        assert_close(
+            "silu (plain)",
+            cpu::silu(xi.clone()),
+            cpu::with_reference_ops(|| cpu::silu(xi)),
+        );
+    }
+    // Far tails: saturated, finite gradients.
+    let x = Tensor::<B, 1>::from_floats([-60.0, -9.0, -0.0, 1e-8, 9.0, 60.0], &Default::default())
+        .reshape([1, 1, 2, 3]);
+    compare(
+        "gelu tails",
+        x.clone(),
+        [1, 1, 2, 3],
+        cpu::gelu,
+        |_| -> [Tensor<Flex, 1>; 0] { [] },
+    );
+    compare(
+        "silu tails",
+        x,
+        [1, 1, 2, 3],
+        cpu::silu,
+        |_| -> [Tensor<Flex, 1>; 0] { [] },
+    );
+}
+
+fn random_norm(groups: usize, channels: usize) -> GroupNorm<B> {
+    let mut norm = GroupNormConfig::new(groups, channels)
+        .with_epsilon(1e-6)
+        .init(&Default::default());
+    norm.gamma = Some(Param::from_tensor(random([channels], 1.0).add_scalar(1.0)));
+    norm.beta = Some(Param::from_tensor(random([channels], 0.5)));
+    norm
+}
+
+#[test]
+fn group_norm_matches_burn() {
+    for (groups, shape) in [(4, [2, 8, 5, 3]), (32, [1, 64, 7, 9]), (1, [3, 5, 4, 4])] {
+        let norm = random_norm(groups, shape[1]);
+        // An offset and scale per sample, so normalization has something to undo.
+        let x = random(shape, 2.0).add_scalar(0.7);
+        for fused in [false, true] {
+            let f = |x| {
+                if fused {
+                    cpu::group_norm_silu(&norm, x)
+                } else {
+                    cpu::group_norm(&norm, x)
+                }
+            };
+            compare(
+                &format!("group norm {groups} groups {shape:?} silu {fused}"),
+                x.clone(),
+                shape,
+                f,
+                |g| {
+                    [
+                        norm.gamma
+                            .as_ref()
+                            .unwrap()
+                            .grad(g)
+                            .expect("gamma gradient"),
+                        norm.beta.as_ref().unwrap().grad(g).expect("beta gradient"),
+                    ]
+                },
+            );
+        }
+        let plain = norm.valid();
+        let xi = x.inner();
+        assert_close(
+            "group norm silu (plain)",
+            cpu::group_norm_silu(&plain, xi.clone()),
+            cpu::with_reference_ops(|| cpu::group_norm_silu(&plain, xi)),
+        );
+    }
+}
+
+#[test]
+fn pooling_and_upsampling_match_burn() {
+    for shape in [[2, 3, 7, 9], [1, 1, 4, 4], [256, 2, 28, 28]] {
+        let x = random(shape, 1.0);
+        let pooled = [shape[0], shape[1], shape[2] / 2, shape[3] / 2];
+        compare(
+            "max pool 2x2",
+            x.clone(),
+            pooled,
+            cpu::max_pool2x2,
+            |_| -> [Tensor<Flex, 1>; 0] { [] },
+        );
+        let up = [shape[0], shape[1], shape[2] * 2, shape[3] * 2];
+        compare(
+            "nearest x2",
+            x.clone(),
+            up,
+            cpu::upsample_nearest2,
+            |_| -> [Tensor<Flex, 1>; 0] { [] },
+        );
+        let xi = x.inner();
+        assert_close(
+            "max pool (plain)",
+            cpu::max_pool2x2(xi.clone()),
+            cpu::with_reference_ops(|| cpu::max_pool2x2(xi.clone())),
+        );
+        assert_close(
+            "nearest x2 (plain)",
+            cpu::upsample_nearest2(xi.clone()),
+            cpu::with_reference_ops(|| cpu::upsample_nearest2(xi)),
+        );
+    }
+}
+
+#[test]
+fn reference_switch_is_scoped() {
+    assert!(cpu::kernels_enabled());
+    cpu::with_reference_ops(|| assert!(!cpu::kernels_enabled()));
+    assert!(cpu::kernels_enabled());
+}

@@ -1,0 +1,100 @@
+//! Training-step speed of rotor on the CPU backend (`Autodiff<Flex>` with rotor's CPU kernels),
+//! for the workloads of issue 6. Each runs the REAL trainer (data loader, forward, rotation-trick
+//! VQ, backward, AdamW) from a config file:
+//!
+//! - `peer`: `configs/peer_fashion_vq.toml` (vector-quantize-pytorch's Fashion-MNIST autoencoder,
+//!   batch 256); PyTorch side: `../shared/peers/fashion_vq.py`.
+//! - `vqvae`: `bench/vqvae_small.toml` (taming-style VQ-VAE, 64x64, batch 8); PyTorch side:
+//!   `bench/taming_vqvae.py`.
+//!
+//!     cargo bench -p trainer --bench cpu_step [-- --workload peer|vqvae|all] [--rounds 3]
+//!
+//! Prints one JSON line per workload: the median over rounds of steps/s. `bench/compare.sh` runs
+//! both sides in one go and prints the ratios. Needs `./scripts/fetch-data.sh` first.
+
+use std::{path::Path, time::Instant};
+
+use burn::backend::{Autodiff, Flex};
+use trainer::{Resume, TrainConfig, Trainer};
+
+type B = Autodiff<Flex>;
+
+struct Workload {
+    name: &'static str,
+    config: &'static str,
+    warmup: usize,
+    steps: usize,
+}
+
+const WORKLOADS: [Workload; 2] = [
+    Workload {
+        name: "peer_fashion_vq",
+        config: "configs/peer_fashion_vq.toml",
+        warmup: 10,
+        steps: 60,
+    },
+    Workload {
+        name: "vqvae_small",
+        config: "bench/vqvae_small.toml",
+        warmup: 3,
+        steps: 20,
+    },
+];
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let which = arg(&args, "--workload").unwrap_or_else(|| "all".into());
+    let rounds: usize = arg(&args, "--rounds")
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(3);
+    // cargo bench runs in the package directory; configs name paths from the repository root.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::set_current_dir(&root)?;
+    for w in WORKLOADS.iter() {
+        let short = w.name.split('_').next().unwrap_or(w.name);
+        if which != "all" && which != short && which != w.name {
+            continue;
+        }
+        let overrides = [
+            "run.output_dir=\"target/bench-runs\"".to_string(),
+            format!("run.name=\"bench_{}\"", w.name),
+            "run.log_every=100000".into(),
+            "run.checkpoint_every=100000".into(),
+            "run.val_every=0".into(),
+        ];
+        let cfg = TrainConfig::load(Path::new(w.config), &overrides)
+            .map_err(|e| anyhow::anyhow!("{e} (run ./scripts/fetch-data.sh first)"))?;
+        let batch = cfg.run.batch_size;
+        let mut trainer = Trainer::<B>::new(cfg, Default::default(), Resume::Never)?;
+        trainer.train_until(w.warmup)?;
+        let mut rates = Vec::new();
+        for r in 0..rounds {
+            let start = Instant::now();
+            trainer.train_until(w.warmup + (r + 1) * w.steps)?;
+            rates.push(w.steps as f64 / start.elapsed().as_secs_f64());
+        }
+        rates.sort_by(f64::total_cmp);
+        let median = rates[rates.len() / 2];
+        println!(
+            "{{\"workload\":\"{}\",\"impl\":\"rotor\",\"batch\":{batch},\"steps_per_s\":{median:.3},\"rounds\":{:?},\"threads\":{}}}",
+            w.name,
+            rates
+                .iter()
+                .map(|r| (r * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>(),
+            rayon_threads(),
+        );
+    }
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
