@@ -10,6 +10,12 @@
 //! Logs go to stderr (rank 0; other ranks: warnings) and to `<run>/logs/rank-<r>.log`
 //! (`<run>/train.log` for one process); metrics to `<run>/metrics.jsonl`.
 
+/// jemalloc keeps the step's large freed blocks for reuse (glibc unmaps and re-faults them: on
+/// the CPU backend that cost more than the convolutions).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod check_quantizer;
 mod env;
 mod launcher;

@@ -8,8 +8,11 @@
 //!   `bench/taming_vqvae.py`.
 //!
 //!     cargo bench -p trainer --bench cpu_step [-- --workload peer|vqvae|all] [--rounds 3]
+//!         [--baseline]
 //!
-//! Prints one JSON line per workload: the median over rounds of steps/s. `bench/compare.sh` runs
+//! Prints one JSON line per workload: the median over rounds of steps/s. `--baseline` also runs
+//! each workload with burn's own CPU operations (`models::cpu::with_reference_ops`), same
+//! process and allocator, and prints its line and the speedup. `bench/compare.sh` runs
 //! both sides in one go and prints the ratios. Needs `./scripts/fetch-data.sh` first.
 
 use std::{path::Path, time::Instant};
@@ -18,6 +21,11 @@ use burn::backend::{Autodiff, Flex};
 use trainer::{Resume, TrainConfig, Trainer};
 
 type B = Autodiff<Flex>;
+
+/// The allocator `launch` uses (see launch/src/main.rs).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 struct Workload {
     name: &'static str,
@@ -57,11 +65,47 @@ fn main() -> anyhow::Result<()> {
     // cargo bench runs in the package directory; configs name paths from the repository root.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root)?;
+    let baseline = args.iter().any(|a| a == "--baseline");
     for w in WORKLOADS.iter() {
         let short = w.name.split('_').next().unwrap_or(w.name);
         if which != "all" && which != short && which != w.name {
             continue;
         }
+        let rotor = measure(w, rounds)?;
+        println!("{}", line(w, "rotor", &rotor));
+        if baseline {
+            let flex = trainer::models::cpu::with_reference_ops(|| measure(w, rounds))?;
+            let mut l = line(w, "burn_flex_ops", &flex);
+            l.pop();
+            println!("{l},\"rotor_speedup\":{:.3}}}", rotor.median / flex.median);
+        }
+    }
+    Ok(())
+}
+
+struct Rates {
+    median: f64,
+    rounds: Vec<f64>,
+    batch: usize,
+}
+
+fn line(w: &Workload, implementation: &str, r: &Rates) -> String {
+    format!(
+        "{{\"workload\":\"{}\",\"impl\":\"{implementation}\",\"batch\":{},\"steps_per_s\":{:.3},\"rounds\":{:?},\"threads\":{}}}",
+        w.name,
+        r.batch,
+        r.median,
+        r.rounds
+            .iter()
+            .map(|r| (r * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>(),
+        rayon_threads(),
+    )
+}
+
+/// Trains `warmup` steps, then `rounds` x `steps` timed steps.
+fn measure(w: &Workload, rounds: usize) -> anyhow::Result<Rates> {
+    {
         let overrides = [
             "run.output_dir=\"target/bench-runs\"".to_string(),
             format!("run.name=\"bench_{}\"", w.name),
@@ -80,19 +124,14 @@ fn main() -> anyhow::Result<()> {
             trainer.train_until(w.warmup + (r + 1) * w.steps)?;
             rates.push(w.steps as f64 / start.elapsed().as_secs_f64());
         }
-        rates.sort_by(f64::total_cmp);
-        let median = rates[rates.len() / 2];
-        println!(
-            "{{\"workload\":\"{}\",\"impl\":\"rotor\",\"batch\":{batch},\"steps_per_s\":{median:.3},\"rounds\":{:?},\"threads\":{}}}",
-            w.name,
-            rates
-                .iter()
-                .map(|r| (r * 1000.0).round() / 1000.0)
-                .collect::<Vec<_>>(),
-            rayon_threads(),
-        );
+        let mut sorted = rates.clone();
+        sorted.sort_by(f64::total_cmp);
+        Ok(Rates {
+            median: sorted[sorted.len() / 2],
+            rounds: rates,
+            batch,
+        })
     }
-    Ok(())
 }
 
 fn rayon_threads() -> usize {
