@@ -6,13 +6,14 @@
 //! * input gradient: `dcols_n = W^T [K, co] . dy_n [co, P]`, scattered back by col2im;
 //! * bias gradient: `db = sum_{n, p} dy`,
 //!
-//! with `K = c_in kh kw`, `P = h_out w_out`. The GEMMs are Flex's batched matmul (the `gemm`
-//! crate, parallel over samples); im2col and col2im run in parallel over (sample, channel)
-//! planes. Columns are rebuilt in the backward rather than kept (a VQGAN layer's would take
-//! gigabytes), and at most [`COLS_BUDGET`] floats of them exist at once. 1x1 stride-1 unpadded
-//! convolutions skip im2col: the input already is its column matrix. burn's own backward goes
-//! through a transposed convolution and a generic weight-gradient path, which on the CPU is
-//! barely parallel; that is what this replaces.
+//! with `K = c_in kh kw`, `P = h_out w_out`. Work is parallel over samples; within a sample,
+//! output rows are taken in blocks whose columns hold at most [`BLOCK_FLOATS`] floats, so the
+//! column matrix, its GEMM (Flex's matmul, the `gemm` crate) and the scatter stay in cache and no
+//! batch-sized temporary exists (a batched GEMM's `[n, K, P]` input gradient is hundreds of MB
+//! written, zeroed and copied). Columns are rebuilt in the backward rather than kept. 1x1
+//! stride-1 unpadded convolutions skip im2col: the input already is its column matrix. burn's
+//! own backward goes through a transposed convolution and a generic weight-gradient path, which
+//! on the CPU is barely parallel; that is what this replaces.
 
 use burn::{
     backend::{
@@ -23,9 +24,10 @@ use burn::{
             ops::{Backward, Ops, OpsKind},
         },
         flex::FlexTensor,
+        flex::Layout,
     },
     nn::{PaddingConfig2d, conv::Conv2d},
-    tensor::{Tensor, TensorPrimitive, backend::Backend, ops::FloatTensorOps},
+    tensor::{Shape, Tensor, TensorPrimitive, backend::Backend, ops::FloatTensorOps},
 };
 use rayon::prelude::*;
 
@@ -34,8 +36,8 @@ use super::tensor::{
     values,
 };
 
-/// Most column-matrix floats alive at once (128 MiB); batches are processed in chunks of samples.
-const COLS_BUDGET: usize = 32 << 20;
+/// Column-matrix floats per block of output rows (4 MiB: cache-sized).
+const BLOCK_FLOATS: usize = 1 << 20;
 
 /// Applies `conv` to `x` `[batch, c_in, h, w]` (rotor's kernels on the CPU backend).
 pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -187,33 +189,46 @@ impl Geom {
         self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad == [0; 4]
     }
 
-    /// Samples per chunk so that a chunk's columns fit the budget.
-    fn chunk(&self) -> usize {
-        if self.pointwise() {
-            return self.n.max(1);
-        }
-        (COLS_BUDGET / (self.k() * self.p()).max(1)).clamp(1, self.n.max(1))
+    /// Output rows per block, so a block's columns fit [`BLOCK_FLOATS`].
+    fn block_rows(&self) -> usize {
+        (BLOCK_FLOATS / (self.k() * self.ow).max(1)).clamp(1, self.oh.max(1))
+    }
+
+    /// The output-row blocks `(first row, rows)`.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let rows = self.block_rows();
+        (0..self.oh)
+            .step_by(rows)
+            .map(move |r0| (r0, rows.min(self.oh - r0)))
     }
 }
 
-/// The column matrices `[n1 - n0, K, P]` of samples `n0..n1` of `xt` (contiguous NCHW).
-fn im2col(xt: &FlexTensor, g: &Geom, n0: usize, n1: usize) -> FlexTensor {
+/// A `[rows, cols]` view of `t` (contiguous) with row stride `stride`, from element `offset`.
+fn view(t: &FlexTensor, rows: usize, cols: usize, stride: usize, offset: usize) -> FlexTensor {
+    let start = t.layout().start_offset() + offset;
+    t.clone().with_layout(Layout::new(
+        Shape::from(vec![rows, cols]),
+        vec![stride as isize, 1],
+        start,
+    ))
+}
+
+/// The columns `[K, rows ow]` of output rows `r0..r0 + rows` of sample `s`.
+fn columns(xt: &FlexTensor, g: &Geom, s: usize, r0: usize, rows: usize) -> FlexTensor {
     let (k, p) = (g.k(), g.p());
-    let x = values(xt);
     if g.pointwise() {
-        if n0 == 0 && n1 == g.n {
-            return xt.reshape([g.n, k, p].into());
-        }
-        return from_vec(x[n0 * k * p..n1 * k * p].to_vec(), &[n1 - n0, k, p]);
+        // The input plane itself: channel stride P, these rows.
+        return view(xt, k, rows * g.ow, p, s * k * p + r0 * g.ow);
     }
+    let x = values(xt);
     let plane = g.h * g.w;
-    let block = g.kh * g.kw * p;
-    let mut cols = vec![0f32; (n1 - n0) * k * p];
-    cols.par_chunks_mut(block).enumerate().for_each(|(i, out)| {
-        let src = &x[(n0 * g.ci + i) * plane..][..plane];
-        im2col_plane(src, g, out);
-    });
-    from_vec(cols, &[n1 - n0, k, p])
+    let cols_per = rows * g.ow;
+    let mut cols = vec![0f32; k * cols_per];
+    for (c, out) in cols.chunks_mut(g.kh * g.kw * cols_per).enumerate() {
+        let src = &x[(s * g.ci + c) * plane..][..plane];
+        im2col_plane(src, g, r0, rows, out);
+    }
+    from_vec(cols, &[k, cols_per])
 }
 
 /// For output column `ox` to read input column `ox * stride + offset`, the range of `ox` that
@@ -233,16 +248,17 @@ fn inside(offset: isize, stride: usize, side: usize, out: usize) -> (usize, usiz
     (lo, hi.clamp(lo, out))
 }
 
-/// The `kh kw` rows of one input channel's columns.
-fn im2col_plane(x: &[f32], g: &Geom, out: &mut [f32]) {
-    let p = g.p();
+/// The `kh kw` rows of one input channel's columns, for output rows `r0..r0 + rows`.
+fn im2col_plane(x: &[f32], g: &Geom, r0: usize, rows: usize, out: &mut [f32]) {
+    let p = rows * g.ow;
     for i in 0..g.kh {
         for j in 0..g.kw {
-            let rows = &mut out[(i * g.kw + j) * p..][..p];
+            let dst_rows = &mut out[(i * g.kw + j) * p..][..p];
             let x_off = (j * g.dilation[1]) as isize - g.pad[1] as isize;
             let (lo, hi) = inside(x_off, g.stride[1], g.w, g.ow);
-            for oy in 0..g.oh {
-                let dst = &mut rows[oy * g.ow..][..g.ow];
+            for r in 0..rows {
+                let oy = r0 + r;
+                let dst = &mut dst_rows[r * g.ow..][..g.ow];
                 let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pad[0] as isize;
                 if iy < 0 || iy >= g.h as isize {
                     dst.fill(0.0);
@@ -264,20 +280,22 @@ fn im2col_plane(x: &[f32], g: &Geom, out: &mut [f32]) {
     }
 }
 
-/// Adds one channel's column gradients `dcols` (`kh kw` rows of `P`) into its input plane.
-fn col2im_plane(dcols: &[f32], g: &Geom, dx: &mut [f32]) {
-    let p = g.p();
+/// Adds one channel's column gradients (`kh kw` rows of `rows ow`, output rows
+/// `r0..r0 + rows`) into its input plane.
+fn col2im_plane(dcols: &[f32], g: &Geom, r0: usize, rows: usize, dx: &mut [f32]) {
+    let p = rows * g.ow;
     for i in 0..g.kh {
         for j in 0..g.kw {
-            let rows = &dcols[(i * g.kw + j) * p..][..p];
+            let src_rows = &dcols[(i * g.kw + j) * p..][..p];
             let x_off = (j * g.dilation[1]) as isize - g.pad[1] as isize;
             let (lo, hi) = inside(x_off, g.stride[1], g.w, g.ow);
-            for oy in 0..g.oh {
+            for r in 0..rows {
+                let oy = r0 + r;
                 let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pad[0] as isize;
                 if iy < 0 || iy >= g.h as isize || lo == hi {
                     continue;
                 }
-                let src = &rows[oy * g.ow..][..g.ow];
+                let src = &src_rows[r * g.ow..][..g.ow];
                 let dst = &mut dx[iy as usize * g.w..][..g.w];
                 if g.stride[1] == 1 {
                     let s0 = (lo as isize + x_off) as usize;
@@ -294,35 +312,34 @@ fn col2im_plane(dcols: &[f32], g: &Geom, dx: &mut [f32]) {
     }
 }
 
-/// `[co, K]` weights as a `[1, co, K]` matrix.
+/// The weights as a `[co, K]` matrix.
 fn weight_matrix(w: &FlexTensor, g: &Geom) -> FlexTensor {
-    contiguous(w).reshape([1, g.co, g.k()].into())
+    contiguous(w).reshape([g.co, g.k()].into())
 }
 
 /// The convolution's output `[n, co, oh, ow]`.
 fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> FlexTensor {
     let x = contiguous(x);
     let wm = weight_matrix(w, g);
-    let (p, chunk) = (g.p(), g.chunk());
-    let mut out = vec![0f32; g.n * g.co * p];
+    let p = g.p();
     let bias = b.map(|b| contiguous(b).into_owned());
     let bias = bias.as_ref().map(|b| values(b));
-    for n0 in (0..g.n).step_by(chunk) {
-        let n1 = (n0 + chunk).min(g.n);
-        let cols = im2col(&x, g, n0, n1);
-        let y = contiguous(&Flex::float_matmul(wm.clone(), cols)).into_owned();
-        let y = values(&y);
-        out[n0 * g.co * p..n1 * g.co * p]
-            .par_chunks_mut(p)
-            .zip(y.par_chunks(p))
-            .enumerate()
-            .for_each(|(plane, (o, y))| {
-                let add = bias.map_or(0.0, |b| b[plane % g.co]);
-                for (o, y) in o.iter_mut().zip(y) {
-                    *o = y + add;
+    let mut out = vec![0f32; g.n * g.co * p];
+    out.par_chunks_mut((g.co * p).max(1))
+        .enumerate()
+        .for_each(|(s, o)| {
+            for (r0, rows) in g.blocks() {
+                let y = Flex::float_matmul(wm.clone(), columns(&x, g, s, r0, rows));
+                let y = contiguous(&y);
+                let n = rows * g.ow;
+                for (c, yc) in values(&y).chunks(n).enumerate() {
+                    let add = bias.map_or(0.0, |b| b[c]);
+                    for (o, y) in o[c * p + r0 * g.ow..][..n].iter_mut().zip(yc) {
+                        *o = y + add;
+                    }
                 }
-            });
-    }
+            }
+        });
     from_vec(out, &[g.n, g.co, g.oh, g.ow])
 }
 
@@ -337,51 +354,63 @@ fn backward(
     let x = contiguous(x);
     let dy = contiguous(dy);
     let dys = values(&dy);
-    let (k, p, chunk) = (g.k(), g.p(), g.chunk());
-    let wt = weight_matrix(w, g).transpose(1, 2); // [1, K, co]
-    let mut dw = want_w.then(|| vec![0f32; g.co * k]);
-    let mut dx = want_x.then(|| vec![0f32; g.n * g.ci * g.h * g.w]);
-    for n0 in (0..g.n).step_by(chunk) {
-        let n1 = (n0 + chunk).min(g.n);
-        let dy_c = if n0 == 0 && n1 == g.n {
-            dy.reshape([g.n, g.co, p].into())
-        } else {
-            from_vec(
-                dys[n0 * g.co * p..n1 * g.co * p].to_vec(),
-                &[n1 - n0, g.co, p],
-            )
-        };
-        if let Some(dw) = dw.as_mut() {
-            let cols = im2col(&x, g, n0, n1);
-            let part = Flex::float_matmul(dy_c.clone(), cols.transpose(1, 2)); // [nc, co, K]
-            let part = contiguous(&part);
-            let part = values(&part);
-            dw.par_chunks_mut(4096).enumerate().for_each(|(c, acc)| {
-                let off = c * 4096;
-                for s in 0..n1 - n0 {
-                    let src = &part[s * g.co * k + off..][..acc.len()];
-                    for (a, v) in acc.iter_mut().zip(src) {
-                        *a += v;
+    let (k, p) = (g.k(), g.p());
+    let wt = weight_matrix(w, g).transpose(0, 1); // [K, co]
+    let plane = g.ci * g.h * g.w;
+    // One sample: writes its input gradient, returns its weight gradient.
+    let sample = |s: usize, dx: Option<&mut [f32]>| -> Option<Vec<f32>> {
+        let mut dw = want_w.then(|| vec![0f32; g.co * k]);
+        let mut dx = dx;
+        for (r0, rows) in g.blocks() {
+            let dy_b = view(&dy, g.co, rows * g.ow, p, s * g.co * p + r0 * g.ow);
+            if let Some(dw) = dw.as_mut() {
+                let cols = columns(&x, g, s, r0, rows);
+                let part = Flex::float_matmul(dy_b.clone(), cols.transpose(0, 1)); // [co, K]
+                let part = contiguous(&part);
+                for (a, v) in dw.iter_mut().zip(values(&part)) {
+                    *a += v;
+                }
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                let dcols = Flex::float_matmul(wt.clone(), dy_b); // [K, rows ow]
+                let dcols = contiguous(&dcols);
+                let dcols = values(&dcols);
+                if g.pointwise() {
+                    let n = rows * g.ow;
+                    for (c, src) in dcols.chunks(n).enumerate() {
+                        dx[c * p + r0 * g.ow..][..n].copy_from_slice(src);
+                    }
+                } else {
+                    let block = g.kh * g.kw * rows * g.ow;
+                    for (c, dc) in dcols.chunks(block).enumerate() {
+                        col2im_plane(dc, g, r0, rows, &mut dx[c * g.h * g.w..][..g.h * g.w]);
                     }
                 }
-            });
-        }
-        if let Some(dx) = dx.as_mut() {
-            let dcols = Flex::float_matmul(wt.clone(), dy_c); // [nc, K, P]
-            let dcols = contiguous(&dcols);
-            let dcols = values(&dcols);
-            let plane = g.h * g.w;
-            let dx = &mut dx[n0 * g.ci * plane..n1 * g.ci * plane];
-            if g.pointwise() {
-                dx.copy_from_slice(dcols);
-            } else {
-                let block = g.kh * g.kw * p;
-                dx.par_chunks_mut(plane)
-                    .zip(dcols.par_chunks(block))
-                    .for_each(|(dx, dc)| col2im_plane(dc, g, dx));
             }
         }
-    }
+        dw
+    };
+    let sum = |mut a: Vec<f32>, b: Option<Vec<f32>>| {
+        if let Some(b) = b {
+            for (a, b) in a.iter_mut().zip(b) {
+                *a += b;
+            }
+        }
+        a
+    };
+    let zero = || vec![0f32; if want_w { g.co * k } else { 0 }];
+    let mut dx = want_x.then(|| vec![0f32; g.n * plane]);
+    let dw = match dx.as_mut() {
+        Some(dx) => dx
+            .par_chunks_mut(plane.max(1))
+            .enumerate()
+            .fold(zero, |acc, (s, d)| sum(acc, sample(s, Some(d))))
+            .reduce(zero, |a, b| sum(a, Some(b))),
+        None => (0..g.n)
+            .into_par_iter()
+            .fold(zero, |acc, s| sum(acc, sample(s, None)))
+            .reduce(zero, |a, b| sum(a, Some(b))),
+    };
     let db = want_b.then(|| {
         let sums: Vec<f32> = (0..g.co)
             .into_par_iter()
@@ -400,7 +429,7 @@ fn backward(
     });
     [
         dx.map(|v| from_vec(v, &[g.n, g.ci, g.h, g.w])),
-        dw.map(|v| from_vec(v, &[g.co, g.ci, g.kh, g.kw])),
+        want_w.then(|| from_vec(dw, &[g.co, g.ci, g.kh, g.kw])),
         db,
     ]
 }
