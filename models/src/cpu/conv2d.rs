@@ -29,6 +29,8 @@ use burn::{
     nn::{PaddingConfig2d, conv::Conv2d},
     tensor::{Shape, Tensor, TensorPrimitive, backend::Backend, ops::FloatTensorOps},
 };
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::tensor::{
@@ -213,22 +215,67 @@ fn view(t: &FlexTensor, rows: usize, cols: usize, stride: usize, offset: usize) 
     ))
 }
 
-/// The columns `[K, rows ow]` of output rows `r0..r0 + rows` of sample `s`.
-fn columns(xt: &FlexTensor, g: &Geom, s: usize, r0: usize, rows: usize) -> FlexTensor {
-    let (k, p) = (g.k(), g.p());
-    if g.pointwise() {
-        // The input plane itself: channel stride P, these rows.
-        return view(xt, k, rows * g.ow, p, s * k * p + r0 * g.ow);
+thread_local! {
+    /// This thread's column buffer, reused block after block (grown, never shrunk): a fresh
+    /// buffer per block costs a memset and cold cache lines.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A block's column matrix: a view of the input (1x1 convolutions) or of a scratch buffer.
+struct Columns {
+    /// `[K, rows ow]`.
+    view: FlexTensor,
+    /// The whole scratch buffer, handed back by [`Columns::recycle`].
+    scratch: Option<FlexTensor>,
+}
+
+impl Columns {
+    /// The columns `[K, rows ow]` of output rows `r0..r0 + rows` of sample `s`.
+    fn new(xt: &FlexTensor, g: &Geom, s: usize, r0: usize, rows: usize) -> Self {
+        let (k, p) = (g.k(), g.p());
+        if g.pointwise() {
+            // The input plane itself: channel stride P, these rows.
+            return Self {
+                view: view(xt, k, rows * g.ow, p, s * k * p + r0 * g.ow),
+                scratch: None,
+            };
+        }
+        let x = values(xt);
+        let plane = g.h * g.w;
+        let cols_per = rows * g.ow;
+        let mut buf = SCRATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        if buf.len() < k * cols_per {
+            buf.resize(k * cols_per, 0.0);
+        }
+        // Every element of the first K x cols_per is written (zeros included).
+        for (c, out) in buf[..k * cols_per]
+            .chunks_mut(g.kh * g.kw * cols_per)
+            .enumerate()
+        {
+            let src = &x[(s * g.ci + c) * plane..][..plane];
+            im2col_plane(src, g, r0, rows, out);
+        }
+        let len = buf.len();
+        let scratch = from_vec(buf, &[len]);
+        Self {
+            view: view(&scratch, k, cols_per, cols_per, 0),
+            scratch: Some(scratch),
+        }
     }
-    let x = values(xt);
-    let plane = g.h * g.w;
-    let cols_per = rows * g.ow;
-    let mut cols = vec![0f32; k * cols_per];
-    for (c, out) in cols.chunks_mut(g.kh * g.kw * cols_per).enumerate() {
-        let src = &x[(s * g.ci + c) * plane..][..plane];
-        im2col_plane(src, g, r0, rows, out);
+
+    /// Returns the scratch buffer to this thread (once the views are gone).
+    fn recycle(self) {
+        let Self { view, scratch } = self;
+        drop(view);
+        if let Some(Ok(v)) = scratch.map(|t| t.into_data().into_vec::<f32>()) {
+            SCRATCH.with(|b| {
+                let mut b = b.borrow_mut();
+                if v.capacity() > b.capacity() {
+                    *b = v;
+                }
+            });
+        }
     }
-    from_vec(cols, &[k, cols_per])
 }
 
 /// For output column `ox` to read input column `ox * stride + offset`, the range of `ox` that
@@ -329,7 +376,9 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> 
         .enumerate()
         .for_each(|(s, o)| {
             for (r0, rows) in g.blocks() {
-                let y = Flex::float_matmul(wm.clone(), columns(&x, g, s, r0, rows));
+                let cols = Columns::new(&x, g, s, r0, rows);
+                let y = Flex::float_matmul(wm.clone(), cols.view.clone());
+                cols.recycle();
                 let y = contiguous(&y);
                 let n = rows * g.ow;
                 for (c, yc) in values(&y).chunks(n).enumerate() {
@@ -364,8 +413,9 @@ fn backward(
         for (r0, rows) in g.blocks() {
             let dy_b = view(&dy, g.co, rows * g.ow, p, s * g.co * p + r0 * g.ow);
             if let Some(dw) = dw.as_mut() {
-                let cols = columns(&x, g, s, r0, rows);
-                let part = Flex::float_matmul(dy_b.clone(), cols.transpose(0, 1)); // [co, K]
+                let cols = Columns::new(&x, g, s, r0, rows);
+                let part = Flex::float_matmul(dy_b.clone(), cols.view.transpose(0, 1)); // [co, K]
+                cols.recycle();
                 let part = contiguous(&part);
                 for (a, v) in dw.iter_mut().zip(values(&part)) {
                     *a += v;
