@@ -7,8 +7,9 @@
 //! - `vqvae`: `bench/vqvae_small.toml` (taming-style VQ-VAE, 64x64, batch 8); PyTorch side:
 //!   `bench/taming_vqvae.py`.
 //!
-//!     cargo bench -p trainer --bench cpu_step [-- --workload peer|vqvae|all] [--rounds 3]
-//!         [--baseline]
+//! ```text
+//! cargo bench -p trainer --bench cpu_step [-- --workload peer|vqvae|all] [--rounds 3] [--baseline]
+//! ```
 //!
 //! Prints one JSON line per workload: the median over rounds of steps/s. `--baseline` also runs
 //! each workload with burn's own CPU operations (`models::cpu::with_reference_ops`), same

@@ -370,7 +370,7 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> 
     let wm = weight_matrix(w, g);
     let p = g.p();
     let bias = b.map(|b| contiguous(b).into_owned());
-    let bias = bias.as_ref().map(|b| values(b));
+    let bias = bias.as_ref().map(values);
     let mut out = vec![0f32; g.n * g.co * p];
     out.par_chunks_mut((g.co * p).max(1))
         .enumerate()
