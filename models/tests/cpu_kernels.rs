@@ -301,6 +301,31 @@ fn conv2d_matches_burn() {
             dilation: 1,
             bias: true,
         },
+        // many small samples: several per batched GEMM (a partial last group too)
+        ConvCase {
+            n: 43,
+            ci: 3,
+            co: 4,
+            h: 7,
+            w: 9,
+            k: [3, 3],
+            stride: 2,
+            pad: [0, 0, 1, 1],
+            dilation: 1,
+            bias: true,
+        },
+        ConvCase {
+            n: 37,
+            ci: 5,
+            co: 6,
+            h: 6,
+            w: 5,
+            k: [1, 1],
+            stride: 1,
+            pad: [0; 4],
+            dilation: 1,
+            bias: true,
+        },
         // 1x1 with stride 2 (not the pointwise shortcut)
         ConvCase {
             n: 2,

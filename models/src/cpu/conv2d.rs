@@ -41,6 +41,9 @@ use super::tensor::{
 /// Column-matrix floats per block of output rows (4 MiB: cache-sized).
 const BLOCK_FLOATS: usize = 1 << 20;
 
+/// Column-matrix floats of a group of small samples (256 KiB).
+const GROUP_FLOATS: usize = 1 << 16;
+
 /// Applies `conv` to `x` `[batch, c_in, h, w]` (rotor's kernels on the CPU backend).
 pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let Some(pad) = padding(conv, x.dims()) else {
@@ -191,26 +194,70 @@ impl Geom {
         self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad == [0; 4]
     }
 
-    /// Output rows per block, so a block's columns fit [`BLOCK_FLOATS`].
-    fn block_rows(&self) -> usize {
-        (BLOCK_FLOATS / (self.k() * self.ow).max(1)).clamp(1, self.oh.max(1))
+    /// Stride-1 convolutions use "wide" rows: columns span the padded width `wp`, so each
+    /// kernel offset's column row is ONE contiguous slice of the padded input (and col2im one
+    /// contiguous add); the `wp - ow` extra outputs per row are computed and dropped.
+    fn wide(&self) -> bool {
+        self.stride == [1, 1] && !self.pointwise()
     }
 
-    /// The output-row blocks `(first row, rows)`.
+    /// Padded input width.
+    fn wp(&self) -> usize {
+        self.w + self.pad[1] + self.pad[3]
+    }
+
+    /// Column-matrix width of one output row.
+    fn row_width(&self) -> usize {
+        if self.wide() { self.wp() } else { self.ow }
+    }
+
+    /// Floats of the padded input rows behind `rows` output rows (plus the overhang the last
+    /// kernel offset reads).
+    fn slab_len(&self, rows: usize) -> usize {
+        (rows + self.dilation[0] * (self.kh - 1)) * self.wp() + self.dilation[1] * (self.kw - 1)
+    }
+
+    /// Output rows per block, so a block's columns fit [`BLOCK_FLOATS`].
+    fn block_rows(&self) -> usize {
+        (BLOCK_FLOATS / (self.k() * self.row_width()).max(1)).clamp(1, self.oh.max(1))
+    }
+
+    /// The output-row blocks `(first row, rows)` of one sample (all rows when samples are
+    /// grouped).
     fn blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let rows = self.block_rows();
+        let rows = if self.group() > 1 {
+            self.oh
+        } else {
+            self.block_rows()
+        };
         (0..self.oh)
-            .step_by(rows)
+            .step_by(rows.max(1))
             .map(move |r0| (r0, rows.min(self.oh - r0)))
+    }
+
+    /// Samples per parallel task: tiny samples go several to one batched GEMM (a GEMM call
+    /// per sample would be mostly call overhead) while the group's columns stay cache-sized
+    /// ([`GROUP_FLOATS`]: larger groups measured slower), leaving four tasks per thread.
+    fn group(&self) -> usize {
+        let per_sample = (self.k() * self.oh * self.row_width()).max(1);
+        let by_balance = self.n.div_ceil(4 * rayon::current_num_threads()).max(1);
+        (GROUP_FLOATS / per_sample).min(by_balance).max(1)
     }
 }
 
-/// A `[rows, cols]` view of `t` (contiguous) with row stride `stride`, from element `offset`.
-fn view(t: &FlexTensor, rows: usize, cols: usize, stride: usize, offset: usize) -> FlexTensor {
+/// A `[batch, rows, cols]` view of `t` (contiguous) with batch stride `batch_stride`, row
+/// stride `stride`, from element `offset`.
+fn view(
+    t: &FlexTensor,
+    [batch, rows, cols]: [usize; 3],
+    batch_stride: usize,
+    stride: usize,
+    offset: usize,
+) -> FlexTensor {
     let start = t.layout().start_offset() + offset;
     t.clone().with_layout(Layout::new(
-        Shape::from(vec![rows, cols]),
-        vec![stride as isize, 1],
+        Shape::from(vec![batch, rows, cols]),
+        vec![batch_stride as isize, stride as isize, 1],
         start,
     ))
 }
@@ -223,42 +270,56 @@ thread_local! {
 
 /// A block's column matrix: a view of the input (1x1 convolutions) or of a scratch buffer.
 struct Columns {
-    /// `[K, rows ow]`.
+    /// `[samples, K, rows ow]`.
     view: FlexTensor,
     /// The whole scratch buffer, handed back by [`Columns::recycle`].
     scratch: Option<FlexTensor>,
 }
 
 impl Columns {
-    /// The columns `[K, rows ow]` of output rows `r0..r0 + rows` of sample `s`.
-    fn new(xt: &FlexTensor, g: &Geom, s: usize, r0: usize, rows: usize) -> Self {
+    /// The columns `[ns, K, rows ow]` of output rows `r0..r0 + rows` of samples
+    /// `s0..s0 + ns`.
+    fn new(xt: &FlexTensor, g: &Geom, s0: usize, ns: usize, r0: usize, rows: usize) -> Self {
         let (k, p) = (g.k(), g.p());
         if g.pointwise() {
-            // The input plane itself: channel stride P, these rows.
+            let cols_per = rows * g.ow;
+            // The input planes themselves: channel stride P, these rows.
             return Self {
-                view: view(xt, k, rows * g.ow, p, s * k * p + r0 * g.ow),
+                view: view(xt, [ns, k, cols_per], k * p, p, s0 * k * p + r0 * g.ow),
                 scratch: None,
             };
         }
         let x = values(xt);
         let plane = g.h * g.w;
-        let cols_per = rows * g.ow;
+        let cols_per = rows * g.row_width();
+        let len = ns * k * cols_per;
         let mut buf = SCRATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
-        if buf.len() < k * cols_per {
-            buf.resize(k * cols_per, 0.0);
+        if buf.len() < len {
+            buf.resize(len, 0.0);
         }
-        // Every element of the first K x cols_per is written (zeros included).
-        for (c, out) in buf[..k * cols_per]
-            .chunks_mut(g.kh * g.kw * cols_per)
-            .enumerate()
-        {
-            let src = &x[(s * g.ci + c) * plane..][..plane];
-            im2col_plane(src, g, r0, rows, out);
+        // Every element of the first `len` is written (zeros included).
+        let chunks = buf[..len].chunks_mut(g.kh * g.kw * cols_per).enumerate();
+        if g.wide() {
+            let mut slab = vec![0f32; g.slab_len(rows)];
+            for (i, out) in chunks {
+                let src = &x[(s0 * g.ci + i) * plane..][..plane];
+                pad_rows(src, g, r0, rows, &mut slab);
+                for (o, dst) in out.chunks_mut(cols_per).enumerate() {
+                    let (ki, kj) = (o / g.kw, o % g.kw);
+                    let at = ki * g.dilation[0] * g.wp() + kj * g.dilation[1];
+                    dst.copy_from_slice(&slab[at..at + cols_per]);
+                }
+            }
+        } else {
+            for (i, out) in chunks {
+                let src = &x[(s0 * g.ci + i) * plane..][..plane];
+                im2col_plane(src, g, r0, rows, out);
+            }
         }
-        let len = buf.len();
-        let scratch = from_vec(buf, &[len]);
+        let total = buf.len();
+        let scratch = from_vec(buf, &[total]);
         Self {
-            view: view(&scratch, k, cols_per, cols_per, 0),
+            view: view(&scratch, [ns, k, cols_per], k * cols_per, cols_per, 0),
             scratch: Some(scratch),
         }
     }
@@ -274,6 +335,51 @@ impl Columns {
                     *b = v;
                 }
             });
+        }
+    }
+}
+
+/// The zero-padded input rows behind output rows `r0..r0 + rows` of one plane, row width
+/// `wp`, into `slab` (fully written, overhang zeros included).
+fn pad_rows(x: &[f32], g: &Geom, r0: usize, rows: usize, slab: &mut [f32]) {
+    let wp = g.wp();
+    let (pl, w) = (g.pad[1], g.w);
+    let used = (rows + g.dilation[0] * (g.kh - 1)) * wp;
+    for (q, row) in slab[..used].chunks_mut(wp).enumerate() {
+        let iy = (r0 + q) as isize - g.pad[0] as isize;
+        if iy < 0 || iy >= g.h as isize {
+            row.fill(0.0);
+            continue;
+        }
+        row[..pl].fill(0.0);
+        row[pl..pl + w].copy_from_slice(&x[iy as usize * w..][..w]);
+        row[pl + w..].fill(0.0);
+    }
+    slab[used..].fill(0.0);
+}
+
+/// Adds one plane's wide column gradients (`kh kw` rows of `rows wp`) into its input plane,
+/// through a padded slab: one contiguous add per kernel offset.
+fn col2im_wide(dcols: &[f32], g: &Geom, r0: usize, rows: usize, slab: &mut [f32], dx: &mut [f32]) {
+    let wp = g.wp();
+    let cols_per = rows * wp;
+    slab.fill(0.0);
+    for (o, src) in dcols.chunks(cols_per).enumerate() {
+        let (ki, kj) = (o / g.kw, o % g.kw);
+        let at = ki * g.dilation[0] * wp + kj * g.dilation[1];
+        for (d, s) in slab[at..at + cols_per].iter_mut().zip(src) {
+            *d += s;
+        }
+    }
+    let (pl, w) = (g.pad[1], g.w);
+    let used = (rows + g.dilation[0] * (g.kh - 1)) * wp;
+    for (q, row) in slab[..used].chunks(wp).enumerate() {
+        let iy = (r0 + q) as isize - g.pad[0] as isize;
+        if iy < 0 || iy >= g.h as isize {
+            continue;
+        }
+        for (d, s) in dx[iy as usize * w..][..w].iter_mut().zip(&row[pl..pl + w]) {
+            *d += s;
         }
     }
 }
@@ -359,9 +465,9 @@ fn col2im_plane(dcols: &[f32], g: &Geom, r0: usize, rows: usize, dx: &mut [f32])
     }
 }
 
-/// The weights as a `[co, K]` matrix.
+/// The weights as a `[1, co, K]` matrix (broadcast over a block's samples).
 fn weight_matrix(w: &FlexTensor, g: &Geom) -> FlexTensor {
-    contiguous(w).reshape([g.co, g.k()].into())
+    contiguous(w).reshape([1, g.co, g.k()].into())
 }
 
 /// The convolution's output `[n, co, oh, ow]`.
@@ -371,20 +477,27 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> 
     let p = g.p();
     let bias = b.map(|b| contiguous(b).into_owned());
     let bias = bias.as_ref().map(values);
+    let group = g.group();
     let mut out = vec![0f32; g.n * g.co * p];
-    out.par_chunks_mut((g.co * p).max(1))
+    out.par_chunks_mut((group * g.co * p).max(1))
         .enumerate()
-        .for_each(|(s, o)| {
+        .for_each(|(t, o)| {
+            let (s0, ns) = (t * group, o.len() / (g.co * p).max(1));
             for (r0, rows) in g.blocks() {
-                let cols = Columns::new(&x, g, s, r0, rows);
+                let cols = Columns::new(&x, g, s0, ns, r0, rows);
+                // [ns, co, rows row_width]
                 let y = Flex::float_matmul(wm.clone(), cols.view.clone());
                 cols.recycle();
                 let y = contiguous(&y);
-                let n = rows * g.ow;
-                for (c, yc) in values(&y).chunks(n).enumerate() {
+                let rw = g.row_width();
+                for (i, yc) in values(&y).chunks(rows * rw).enumerate() {
+                    let (s, c) = (i / g.co, i % g.co);
                     let add = bias.map_or(0.0, |b| b[c]);
-                    for (o, y) in o[c * p + r0 * g.ow..][..n].iter_mut().zip(yc) {
-                        *o = y + add;
+                    let dst = &mut o[(s * g.co + c) * p + r0 * g.ow..][..rows * g.ow];
+                    for (drow, yrow) in dst.chunks_mut(g.ow).zip(yc.chunks(rw)) {
+                        for (o, y) in drow.iter_mut().zip(yrow) {
+                            *o = y + add;
+                        }
                     }
                 }
             }
@@ -404,36 +517,68 @@ fn backward(
     let dy = contiguous(dy);
     let dys = values(&dy);
     let (k, p) = (g.k(), g.p());
-    let wt = weight_matrix(w, g).transpose(0, 1); // [K, co]
+    let wt = weight_matrix(w, g).transpose(1, 2); // [1, K, co]
     let plane = g.ci * g.h * g.w;
-    // One sample: writes its input gradient, returns its weight gradient.
-    let sample = |s: usize, dx: Option<&mut [f32]>| -> Option<Vec<f32>> {
+    let group = g.group();
+    // Samples s0..s0 + ns: writes their input gradient, returns their weight gradient.
+    let task = |s0: usize, ns: usize, dx: Option<&mut [f32]>| -> Option<Vec<f32>> {
         let mut dw = want_w.then(|| vec![0f32; g.co * k]);
         let mut dx = dx;
+        let mut slab = vec![
+            0f32;
+            if g.wide() {
+                g.slab_len(g.block_rows().min(g.oh))
+            } else {
+                0
+            }
+        ];
         for (r0, rows) in g.blocks() {
-            let dy_b = view(&dy, g.co, rows * g.ow, p, s * g.co * p + r0 * g.ow);
+            let n = rows * g.ow;
+            let dy_b = if g.wide() {
+                // dy in the wide layout, zeros in the dropped columns.
+                let wp = g.wp();
+                let mut wide = vec![0f32; ns * g.co * rows * wp];
+                for (i, dst) in wide.chunks_mut(rows * wp).enumerate() {
+                    let src = &dys[(s0 * g.co + i) * p + r0 * g.ow..][..n];
+                    for (drow, srow) in dst.chunks_mut(wp).zip(src.chunks(g.ow)) {
+                        drow[..g.ow].copy_from_slice(srow);
+                    }
+                }
+                from_vec(wide, &[ns, g.co, rows * wp])
+            } else {
+                view(&dy, [ns, g.co, n], g.co * p, p, s0 * g.co * p + r0 * g.ow)
+            };
             if let Some(dw) = dw.as_mut() {
-                let cols = Columns::new(&x, g, s, r0, rows);
-                let part = Flex::float_matmul(dy_b.clone(), cols.view.transpose(0, 1)); // [co, K]
+                let cols = Columns::new(&x, g, s0, ns, r0, rows);
+                // [ns, co, n] x [ns, n, K] -> [ns, co, K]
+                let part = Flex::float_matmul(dy_b.clone(), cols.view.transpose(1, 2));
                 cols.recycle();
                 let part = contiguous(&part);
-                for (a, v) in dw.iter_mut().zip(values(&part)) {
-                    *a += v;
+                for part in values(&part).chunks(g.co * k) {
+                    for (a, v) in dw.iter_mut().zip(part) {
+                        *a += v;
+                    }
                 }
             }
             if let Some(dx) = dx.as_deref_mut() {
-                let dcols = Flex::float_matmul(wt.clone(), dy_b); // [K, rows ow]
+                let dcols = Flex::float_matmul(wt.clone(), dy_b); // [ns, K, n]
                 let dcols = contiguous(&dcols);
                 let dcols = values(&dcols);
+                let hw = g.h * g.w;
                 if g.pointwise() {
-                    let n = rows * g.ow;
-                    for (c, src) in dcols.chunks(n).enumerate() {
-                        dx[c * p + r0 * g.ow..][..n].copy_from_slice(src);
+                    for (i, src) in dcols.chunks(n).enumerate() {
+                        dx[i * hw + r0 * g.ow..][..n].copy_from_slice(src);
+                    }
+                } else if g.wide() {
+                    let block = g.kh * g.kw * rows * g.wp();
+                    let slab = &mut slab[..g.slab_len(rows)];
+                    for (i, dc) in dcols.chunks(block).enumerate() {
+                        col2im_wide(dc, g, r0, rows, slab, &mut dx[i * hw..][..hw]);
                     }
                 } else {
-                    let block = g.kh * g.kw * rows * g.ow;
-                    for (c, dc) in dcols.chunks(block).enumerate() {
-                        col2im_plane(dc, g, r0, rows, &mut dx[c * g.h * g.w..][..g.h * g.w]);
+                    let block = g.kh * g.kw * n;
+                    for (i, dc) in dcols.chunks(block).enumerate() {
+                        col2im_plane(dc, g, r0, rows, &mut dx[i * hw..][..hw]);
                     }
                 }
             }
@@ -452,13 +597,19 @@ fn backward(
     let mut dx = want_x.then(|| vec![0f32; g.n * plane]);
     let dw = match dx.as_mut() {
         Some(dx) => dx
-            .par_chunks_mut(plane.max(1))
+            .par_chunks_mut((group * plane).max(1))
             .enumerate()
-            .fold(zero, |acc, (s, d)| sum(acc, sample(s, Some(d))))
+            .fold(zero, |acc, (t, d)| {
+                let ns = d.len() / plane.max(1);
+                sum(acc, task(t * group, ns, Some(d)))
+            })
             .reduce(zero, |a, b| sum(a, Some(b))),
-        None => (0..g.n)
+        None => (0..g.n.div_ceil(group))
             .into_par_iter()
-            .fold(zero, |acc, s| sum(acc, sample(s, None)))
+            .fold(zero, |acc, t| {
+                let s0 = t * group;
+                sum(acc, task(s0, group.min(g.n - s0), None))
+            })
             .reduce(zero, |a, b| sum(a, Some(b))),
     };
     let db = want_b.then(|| {
