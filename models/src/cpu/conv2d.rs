@@ -513,6 +513,10 @@ fn backward(
     g: &Geom,
     [want_x, want_w, want_b]: [bool; 3],
 ) -> [Option<FlexTensor>; 3] {
+    // Stride 1: the input gradient is itself a convolution (of dy with the flipped, transposed
+    // kernel), run by the forward kernel; no col2im and no [K, P] product.
+    let dx_conv = if want_x { input_grad_as_conv(dy, w, g) } else { None };
+    let want_x = want_x && dx_conv.is_none();
     let x = contiguous(x);
     let dy = contiguous(dy);
     let dys = values(&dy);
@@ -629,10 +633,48 @@ fn backward(
         from_vec(sums, &[g.co])
     });
     [
-        dx.map(|v| from_vec(v, &[g.n, g.ci, g.h, g.w])),
+        dx_conv.or_else(|| dx.map(|v| from_vec(v, &[g.n, g.ci, g.h, g.w]))),
         want_w.then(|| from_vec(dw, &[g.co, g.ci, g.kh, g.kw])),
         db,
     ]
+}
+
+/// `dx` of a stride-1 convolution as the forward convolution of `dy` with the kernel flipped
+/// in space and transposed in channels, padded by `dilation (k - 1) - pad` per side; `None`
+/// when a padding exceeds the dilated kernel span (then col2im does it).
+fn input_grad_as_conv(dy: &FlexTensor, w: &FlexTensor, g: &Geom) -> Option<FlexTensor> {
+    if g.stride != [1, 1] {
+        return None;
+    }
+    let (sh, sw) = (g.dilation[0] * (g.kh - 1), g.dilation[1] * (g.kw - 1));
+    if g.pad[0] > sh || g.pad[2] > sh || g.pad[1] > sw || g.pad[3] > sw {
+        return None;
+    }
+    let pad = [sh - g.pad[0], sw - g.pad[1], sh - g.pad[2], sw - g.pad[3]];
+    let wv = contiguous(w);
+    let ws = values(&wv);
+    let (kh, kw) = (g.kh, g.kw);
+    let mut flipped = vec![0f32; g.ci * g.co * kh * kw];
+    for co in 0..g.co {
+        for ci in 0..g.ci {
+            for i in 0..kh {
+                for j in 0..kw {
+                    flipped[((ci * g.co + co) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)] =
+                        ws[((co * g.ci + ci) * kh + i) * kw + j];
+                }
+            }
+        }
+    }
+    let wf = from_vec(flipped, &[g.ci, g.co, kh, kw]);
+    let gt = Geom::new(
+        [g.n, g.co, g.oh, g.ow],
+        [g.ci, g.co, kh, kw],
+        [1, 1],
+        g.dilation,
+        pad,
+    )?;
+    debug_assert_eq!((gt.oh, gt.ow), (g.h, g.w));
+    Some(forward(dy, &wf, None, &gt))
 }
 
 /// The convolution's backward; parents `[x, weight]` or `[x, weight, bias]`.
