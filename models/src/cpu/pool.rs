@@ -1,7 +1,7 @@
 //! 2x2 max-pooling with stride 2 (no padding, odd trailing rows and columns dropped, like
 //! `nn.MaxPool2d(2, 2)`): the forward records which of the four inputs won (one byte each) and
 //! the backward writes each output gradient to that input, one parallel pass over planes each.
-//! On ties the first input in row-major order wins, as in PyTorch.
+//! On ties the first input in row-major order wins; a NaN wins over numbers, as in PyTorch.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use burn::{
 };
 use rayon::prelude::*;
 
+use super::simd::vectorized;
 use super::tensor::{
     Routed, cast, contiguous, dims, flex_primitive, flex_tensor, from_vec, route, unary_autodiff,
     values,
@@ -49,23 +50,29 @@ fn forward(x: &FlexTensor) -> (FlexTensor, Vec<u8>) {
         .enumerate()
         .for_each(|(plane, (o, win))| {
             let src = &xs[plane * h * w..][..h * w];
-            for y in 0..oh {
-                let (r0, r1) = (&src[2 * y * w..][..w], &src[(2 * y + 1) * w..][..w]);
-                for xo in 0..ow {
-                    let cand = [r0[2 * xo], r0[2 * xo + 1], r1[2 * xo], r1[2 * xo + 1]];
-                    let mut best = 0;
-                    for (i, &v) in cand.iter().enumerate().skip(1) {
-                        // NaN wins, like PyTorch; otherwise the first strict maximum.
-                        if v > cand[best] || (v.is_nan() && !cand[best].is_nan()) {
-                            best = i;
-                        }
+            vectorized(|| {
+                for y in 0..oh {
+                    let (r0, r1) = (&src[2 * y * w..][..w], &src[(2 * y + 1) * w..][..w]);
+                    let (o, win) = (&mut o[y * ow..][..ow], &mut win[y * ow..][..ow]);
+                    for xo in 0..ow {
+                        let (m, k) =
+                            window_max(r0[2 * xo], r0[2 * xo + 1], r1[2 * xo], r1[2 * xo + 1]);
+                        o[xo] = m;
+                        win[xo] = k;
                     }
-                    o[y * ow + xo] = cand[best];
-                    win[y * ow + xo] = best as u8;
                 }
-            }
+            });
         });
     (from_vec(out, &[n, c, oh, ow]), winners)
+}
+
+/// The maximum of a window `[a b; c d]` and its position (0..4, row-major): the first
+/// strict maximum, or a NaN (PyTorch's rule), as selects.
+#[inline(always)]
+fn window_max(a: f32, b: f32, c: f32, d: f32) -> (f32, u8) {
+    let (m1, k1) = if b > a || b.is_nan() { (b, 1) } else { (a, 0) };
+    let (m2, k2) = if d > c || d.is_nan() { (d, 3) } else { (c, 2) };
+    if m2 > m1 || m2.is_nan() { (m2, k2) } else { (m1, k1) }
 }
 
 /// The input gradient: each output's gradient at its winner, zero elsewhere.
