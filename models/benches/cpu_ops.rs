@@ -70,10 +70,17 @@ fn main() {
         report(name, reps, &|| fwd_bwd(cpu::conv2d(&conv, input.clone())));
     }
     let a = x([256, 16, 28, 28]);
-    report("max_pool2x2 256x16x28x28", reps, &|| fwd_bwd(cpu::max_pool2x2(a.clone())));
+    report("max_pool2x2 256x16x28x28", reps, &|| {
+        fwd_bwd(cpu::max_pool2x2(a.clone()))
+    });
     report("gelu 256x16x28x28", reps, &|| fwd_bwd(cpu::gelu(a.clone())));
     report("upsample2 256x16x14x14", reps, &|| {
-        fwd_bwd(cpu::upsample_nearest2(a.clone().slice([0..256, 0..16, 0..14, 0..14])))
+        fwd_bwd(cpu::upsample_nearest2(a.clone().slice([
+            0..256,
+            0..16,
+            0..14,
+            0..14,
+        ])))
     });
     let norm = GroupNormConfig::new(32, 128).init::<B>(&dev);
     let g = x([8, 128, 32, 32]);

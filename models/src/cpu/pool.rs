@@ -72,7 +72,11 @@ fn forward(x: &FlexTensor) -> (FlexTensor, Vec<u8>) {
 fn window_max(a: f32, b: f32, c: f32, d: f32) -> (f32, u8) {
     let (m1, k1) = if b > a || b.is_nan() { (b, 1) } else { (a, 0) };
     let (m2, k2) = if d > c || d.is_nan() { (d, 3) } else { (c, 2) };
-    if m2 > m1 || m2.is_nan() { (m2, k2) } else { (m1, k1) }
+    if m2 > m1 || m2.is_nan() {
+        (m2, k2)
+    } else {
+        (m1, k1)
+    }
 }
 
 /// The input gradient: each output's gradient at its winner, zero elsewhere.
