@@ -288,7 +288,7 @@ fn conv2d_matches_burn() {
             dilation: 2,
             bias: true,
         },
-        // many channels: 13 row blocks per sample, with stride 2 and asymmetric padding
+        // many channels: 55 row blocks per sample, with stride 2 and asymmetric padding
         ConvCase {
             n: 1,
             ci: 300,
@@ -347,8 +347,8 @@ fn conv2d_matches_burn() {
 
 #[test]
 fn conv2d_row_blocks_match_burn() {
-    // (64 * 9) x 64 columns per output row: a 64-row sample takes three row blocks of the
-    // kernel's 1 Mi-float budget; 16 samples make a 65,536-term weight-gradient sum.
+    // (64 * 9) x 66 columns per output row: a 64-row sample takes eleven row blocks of the
+    // kernel's 256 Ki-float budget; 16 samples make a 65,536-term weight-gradient sum.
     conv_case(&ConvCase {
         n: 16,
         ci: 64,
