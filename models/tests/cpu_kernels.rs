@@ -326,6 +326,31 @@ fn conv2d_matches_burn() {
             dilation: 1,
             bias: true,
         },
+        // 64+ output channels (the weight-gradient GEMM's other orientation)
+        ConvCase {
+            n: 3,
+            ci: 8,
+            co: 70,
+            h: 6,
+            w: 5,
+            k: [3, 3],
+            stride: 1,
+            pad: [1; 4],
+            dilation: 1,
+            bias: true,
+        },
+        ConvCase {
+            n: 2,
+            ci: 4,
+            co: 64,
+            h: 7,
+            w: 7,
+            k: [3, 3],
+            stride: 2,
+            pad: [0, 0, 1, 1],
+            dilation: 1,
+            bias: true,
+        },
         // 1x1 with stride 2 (not the pointwise shortcut)
         ConvCase {
             n: 2,

@@ -559,13 +559,28 @@ fn backward(
             };
             if let Some(dw) = dw.as_mut() {
                 let cols = Columns::new(&x, g, s0, ns, r0, rows);
-                // [ns, co, n] x [ns, n, K] -> [ns, co, K]
-                let part = Flex::float_matmul(dy_b.clone(), cols.view.transpose(1, 2));
-                cols.recycle();
-                let part = contiguous(&part);
-                for part in values(&part).chunks(g.co * k) {
-                    for (a, v) in dw.iter_mut().zip(part) {
-                        *a += v;
+                // GEMM tiles are 64 rows (AVX-512) or 16: put the larger of co and K on rows.
+                if g.co < 64 {
+                    // [ns, K, n] x [ns, n, co] -> [ns, K, co]
+                    let part = Flex::float_matmul(cols.view.clone(), dy_b.clone().transpose(1, 2));
+                    cols.recycle();
+                    let part = contiguous(&part);
+                    for part in values(&part).chunks(g.co * k) {
+                        for (kk, row) in part.chunks(g.co).enumerate() {
+                            for (c, v) in row.iter().enumerate() {
+                                dw[c * k + kk] += v;
+                            }
+                        }
+                    }
+                } else {
+                    // [ns, co, n] x [ns, n, K] -> [ns, co, K]
+                    let part = Flex::float_matmul(dy_b.clone(), cols.view.transpose(1, 2));
+                    cols.recycle();
+                    let part = contiguous(&part);
+                    for part in values(&part).chunks(g.co * k) {
+                        for (a, v) in dw.iter_mut().zip(part) {
+                            *a += v;
+                        }
                     }
                 }
             }
