@@ -2,18 +2,21 @@
 //! im2col + GEMM, forward and backward:
 //!
 //! * forward: `y_n = W [co, K] . cols_n [K, P] + b`;
-//! * weight gradient: `dW = sum_n dy_n [co, P] . cols_n^T [P, K]`;
-//! * input gradient: `dcols_n = W^T [K, co] . dy_n [co, P]`, scattered back by col2im;
-//! * bias gradient: `db = sum_{n, p} dy`,
+//! * weight gradient: `dW = sum_n dy_n [co, P] . cols_n^T [P, K]` (or its transpose, whichever
+//!   puts the larger of `co` and `K` on the GEMM's rows);
+//! * input gradient, stride 1: the forward convolution of `dy` with the kernel flipped in space
+//!   and transposed in channels; other strides: `dcols_n = W^T . dy_n`, scattered by col2im;
+//! * bias gradient: `db = sum_{n, p} dy` (f64 sums),
 //!
-//! with `K = c_in kh kw`, `P = h_out w_out`. Work is parallel over samples; within a sample,
-//! output rows are taken in blocks whose columns hold at most [`BLOCK_FLOATS`] floats, so the
-//! column matrix, its GEMM (Flex's matmul, the `gemm` crate) and the scatter stay in cache and no
-//! batch-sized temporary exists (a batched GEMM's `[n, K, P]` input gradient is hundreds of MB
-//! written, zeroed and copied). Columns are rebuilt in the backward rather than kept. 1x1
-//! stride-1 unpadded convolutions skip im2col: the input already is its column matrix. burn's
-//! own backward goes through a transposed convolution and a generic weight-gradient path, which
-//! on the CPU is barely parallel; that is what this replaces.
+//! with `K = c_in kh kw`, `P = h_out w_out`. Work is parallel over samples: tiny samples go
+//! several to one batched GEMM (Flex's matmul, the `gemm` crate), large ones are cut into blocks
+//! of output rows whose columns fit [`BLOCK_FLOATS`], so columns, GEMM and scatter stay in cache
+//! and no batch-sized temporary exists. Columns live in a per-thread buffer and are rebuilt in
+//! the backward rather than kept. Stride-1 columns span the padded width ("wide" rows: each
+//! kernel offset's row is one contiguous slice of the padded input; the extra outputs are
+//! dropped); 1x1 stride-1 unpadded convolutions use the input itself. burn's own backward goes
+//! through a transposed convolution and a generic weight-gradient path, barely parallel on the
+//! CPU; that is what this replaces.
 
 use burn::{
     backend::{
