@@ -98,6 +98,19 @@ fn assert_exact(what: &str, ours: Tensor<Flex, 1>, burn: Tensor<Flex, 1>, truth:
     }
 }
 
+/// `(n, c_in, c_out, [h, w], kernel, stride, [top, left, bottom, right] padding, dilation, bias)`.
+type CaseRow = (
+    usize,
+    usize,
+    usize,
+    [usize; 2],
+    [usize; 2],
+    usize,
+    [usize; 4],
+    usize,
+    bool,
+);
+
 struct ConvCase {
     n: usize,
     ci: usize,
@@ -110,6 +123,23 @@ struct ConvCase {
     pad: [usize; 4],
     dilation: usize,
     bias: bool,
+}
+
+impl ConvCase {
+    fn from_row((n, ci, co, [h, w], k, stride, pad, dilation, bias): CaseRow) -> Self {
+        Self {
+            n,
+            ci,
+            co,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            dilation,
+            bias,
+        }
+    }
 }
 
 fn conv_case(c: &ConvCase) {
@@ -209,164 +239,32 @@ fn exact_param_grads(c: &ConvCase, x: &Tensor<B, 4>, g: &Tensor<B, 4>) -> (Vec<f
 
 #[test]
 fn conv2d_matches_burn() {
-    let cases = [
+    let cases: [CaseRow; 12] = [
         // batch 1, one input channel (the peer net's first conv)
-        ConvCase {
-            n: 1,
-            ci: 1,
-            co: 16,
-            h: 28,
-            w: 28,
-            k: [3, 3],
-            stride: 1,
-            pad: [1; 4],
-            dilation: 1,
-            bias: true,
-        },
+        (1, 1, 16, [28, 28], [3, 3], 1, [1; 4], 1, true),
         // odd sizes, stride 2, taming's Downsample padding (0, 1, 0, 1)
-        ConvCase {
-            n: 3,
-            ci: 5,
-            co: 7,
-            h: 9,
-            w: 11,
-            k: [3, 3],
-            stride: 2,
-            pad: [0, 0, 1, 1],
-            dilation: 1,
-            bias: true,
-        },
+        (3, 5, 7, [9, 11], [3, 3], 2, [0, 0, 1, 1], 1, true),
         // 1x1 (attention projections, nin_shortcut)
-        ConvCase {
-            n: 2,
-            ci: 4,
-            co: 6,
-            h: 8,
-            w: 5,
-            k: [1, 1],
-            stride: 1,
-            pad: [0; 4],
-            dilation: 1,
-            bias: true,
-        },
+        (2, 4, 6, [8, 5], [1, 1], 1, [0; 4], 1, true),
         // PatchGAN: kernel 4, stride 2, padding 1, no bias
-        ConvCase {
-            n: 2,
-            ci: 3,
-            co: 4,
-            h: 7,
-            w: 10,
-            k: [4, 4],
-            stride: 2,
-            pad: [1; 4],
-            dilation: 1,
-            bias: false,
-        },
+        (2, 3, 4, [7, 10], [4, 4], 2, [1; 4], 1, false),
         // every side padded differently, non-square kernel
-        ConvCase {
-            n: 2,
-            ci: 3,
-            co: 5,
-            h: 6,
-            w: 7,
-            k: [3, 2],
-            stride: 1,
-            pad: [2, 0, 1, 3],
-            dilation: 1,
-            bias: true,
-        },
+        (2, 3, 5, [6, 7], [3, 2], 1, [2, 0, 1, 3], 1, true),
         // dilation 2
-        ConvCase {
-            n: 1,
-            ci: 2,
-            co: 3,
-            h: 9,
-            w: 9,
-            k: [3, 3],
-            stride: 1,
-            pad: [2; 4],
-            dilation: 2,
-            bias: true,
-        },
+        (1, 2, 3, [9, 9], [3, 3], 1, [2; 4], 2, true),
         // many channels: 55 row blocks per sample, with stride 2 and asymmetric padding
-        ConvCase {
-            n: 1,
-            ci: 300,
-            co: 3,
-            h: 129,
-            w: 130,
-            k: [3, 3],
-            stride: 2,
-            pad: [0, 0, 1, 1],
-            dilation: 1,
-            bias: true,
-        },
+        (1, 300, 3, [129, 130], [3, 3], 2, [0, 0, 1, 1], 1, true),
         // many small samples: several per batched GEMM (a partial last group too)
-        ConvCase {
-            n: 43,
-            ci: 3,
-            co: 4,
-            h: 7,
-            w: 9,
-            k: [3, 3],
-            stride: 2,
-            pad: [0, 0, 1, 1],
-            dilation: 1,
-            bias: true,
-        },
-        ConvCase {
-            n: 37,
-            ci: 5,
-            co: 6,
-            h: 6,
-            w: 5,
-            k: [1, 1],
-            stride: 1,
-            pad: [0; 4],
-            dilation: 1,
-            bias: true,
-        },
+        (43, 3, 4, [7, 9], [3, 3], 2, [0, 0, 1, 1], 1, true),
+        (37, 5, 6, [6, 5], [1, 1], 1, [0; 4], 1, true),
         // 64+ output channels (the weight-gradient GEMM's other orientation)
-        ConvCase {
-            n: 3,
-            ci: 8,
-            co: 70,
-            h: 6,
-            w: 5,
-            k: [3, 3],
-            stride: 1,
-            pad: [1; 4],
-            dilation: 1,
-            bias: true,
-        },
-        ConvCase {
-            n: 2,
-            ci: 4,
-            co: 64,
-            h: 7,
-            w: 7,
-            k: [3, 3],
-            stride: 2,
-            pad: [0, 0, 1, 1],
-            dilation: 1,
-            bias: true,
-        },
+        (3, 8, 70, [6, 5], [3, 3], 1, [1; 4], 1, true),
+        (2, 4, 64, [7, 7], [3, 3], 2, [0, 0, 1, 1], 1, true),
         // 1x1 with stride 2 (not the pointwise shortcut)
-        ConvCase {
-            n: 2,
-            ci: 3,
-            co: 2,
-            h: 5,
-            w: 6,
-            k: [1, 1],
-            stride: 2,
-            pad: [0; 4],
-            dilation: 1,
-            bias: true,
-        },
+        (2, 3, 2, [5, 6], [1, 1], 2, [0; 4], 1, true),
     ];
-    for c in &cases {
-        conv_case(c);
+    for row in cases {
+        conv_case(&ConvCase::from_row(row));
     }
 }
 

@@ -6,13 +6,14 @@ use std::f32::consts::FRAC_1_SQRT_2;
 
 use burn::{
     backend::flex::FlexTensor,
-    tensor::{DType, Tensor, activation, backend::Backend},
+    tensor::{Tensor, activation, backend::Backend},
 };
 
 use super::{
     simd::{erf_with_gauss, map1, map2, sigmoid},
     tensor::{
-        Routed, cast, contiguous, flex_primitive, flex_tensor, route, unary_autodiff, values,
+        Routed, cast, contiguous, flex_primitive, flex_tensor, from_vec, route, unary_autodiff,
+        values,
     },
 };
 
@@ -79,9 +80,9 @@ pub(crate) fn silu_grad(v: f32, g: f32) -> f32 {
 /// `f` of every element of `x`, as a new contiguous tensor of its shape.
 pub(crate) fn elementwise(x: &FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor {
     let x = contiguous(x);
-    let mut out = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
-    map1(values(&x), out.storage_mut::<f32>(), f);
-    out
+    let mut out = vec![0f32; values(&x).len()];
+    map1(values(&x), &mut out, f);
+    from_vec(out, x.layout().shape())
 }
 
 /// `f(x, g)` element-wise (`g` has `x`'s shape).
@@ -91,7 +92,7 @@ pub(crate) fn elementwise2(
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> FlexTensor {
     let (x, g) = (contiguous(x), contiguous(g));
-    let mut out = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
-    map2(values(&x), values(&g), out.storage_mut::<f32>(), f);
-    out
+    let mut out = vec![0f32; values(&x).len()];
+    map2(values(&x), values(&g), &mut out, f);
+    from_vec(out, x.layout().shape())
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use burn::{
     backend::flex::FlexTensor,
-    tensor::{Shape, Tensor, backend::Backend, module::max_pool2d},
+    tensor::{Tensor, backend::Backend, module::max_pool2d},
 };
 use rayon::prelude::*;
 
@@ -96,8 +96,5 @@ fn backward(shape: [usize; 4], winners: &[u8], g: &FlexTensor) -> FlexTensor {
             }
         }
     });
-    FlexTensor::from_data(burn::tensor::TensorData::new(
-        dx,
-        Shape::from(shape.to_vec()),
-    ))
+    from_vec(dx, &shape)
 }
