@@ -239,7 +239,7 @@ fn exact_param_grads(c: &ConvCase, x: &Tensor<B, 4>, g: &Tensor<B, 4>) -> (Vec<f
 
 #[test]
 fn conv2d_matches_burn() {
-    let cases: [CaseRow; 12] = [
+    let cases: [CaseRow; 16] = [
         // batch 1, one input channel (the peer net's first conv)
         (1, 1, 16, [28, 28], [3, 3], 1, [1; 4], 1, true),
         // odd sizes, stride 2, taming's Downsample padding (0, 1, 0, 1)
@@ -262,6 +262,14 @@ fn conv2d_matches_burn() {
         (2, 4, 64, [7, 7], [3, 3], 2, [0, 0, 1, 1], 1, true),
         // 1x1 with stride 2 (not the pointwise shortcut)
         (2, 3, 2, [5, 6], [1, 1], 2, [0; 4], 1, true),
+        // Winograd F(2x2, 3x3) (3x3 stride 1, 32+ channels both sides): odd output sides
+        (2, 32, 40, [9, 11], [3, 3], 1, [1; 4], 1, true),
+        // ... unpadded (odd 3x3 output), no bias
+        (2, 32, 33, [5, 5], [3, 3], 1, [0; 4], 1, false),
+        // ... every side padded differently, batch 1 (input gradient by col2im)
+        (1, 33, 32, [6, 7], [3, 3], 1, [2, 0, 1, 3], 1, true),
+        // ... several samples per task, blocks spanning samples
+        (9, 48, 64, [16, 16], [3, 3], 1, [1; 4], 1, true),
     ];
     for row in cases {
         conv_case(&ConvCase::from_row(row));
@@ -276,6 +284,23 @@ fn conv2d_row_blocks_match_burn() {
         n: 16,
         ci: 64,
         co: 2,
+        h: 64,
+        w: 64,
+        k: [3, 3],
+        stride: 1,
+        pad: [1; 4],
+        dilation: 1,
+        bias: true,
+    });
+}
+
+#[test]
+fn conv2d_winograd_blocks_match_burn() {
+    // 16 x 64 x 32 transformed floats per tile row: four blocks of 8 tile rows per sample.
+    conv_case(&ConvCase {
+        n: 2,
+        ci: 64,
+        co: 64,
         h: 64,
         w: 64,
         k: [3, 3],

@@ -32,14 +32,13 @@ use burn::{
     nn::{PaddingConfig2d, conv::Conv2d},
     tensor::{Shape, Tensor, TensorPrimitive, backend::Backend, ops::FloatTensorOps},
 };
-use std::cell::RefCell;
-
 use rayon::prelude::*;
 
 use super::tensor::{
-    Routed, ad_primitive, cast, contiguous, dims, flex_primitive, flex_tensor, from_vec, route,
-    values,
+    Routed, ad_primitive, cast, contiguous, dims, flex_primitive, flex_tensor, from_vec,
+    recycle_tensor, route, scratch, values,
 };
+use super::winograd;
 
 /// Column-matrix floats per block of output rows (1 MiB, an L2 cache: 4x larger and 2x smaller
 /// blocks both measured slower on the VQ-VAE step).
@@ -136,19 +135,19 @@ fn padding<B: Backend>(conv: &Conv2d<B>, [_, _, h, w]: [usize; 4]) -> Option<[us
 /// Sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Geom {
-    n: usize,
-    ci: usize,
-    h: usize,
-    w: usize,
-    co: usize,
-    kh: usize,
-    kw: usize,
-    stride: [usize; 2],
-    dilation: [usize; 2],
+    pub(super) n: usize,
+    pub(super) ci: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) co: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) stride: [usize; 2],
+    pub(super) dilation: [usize; 2],
     /// `[top, left, bottom, right]`.
-    pad: [usize; 4],
-    oh: usize,
-    ow: usize,
+    pub(super) pad: [usize; 4],
+    pub(super) oh: usize,
+    pub(super) ow: usize,
 }
 
 impl Geom {
@@ -266,12 +265,6 @@ fn view(
     ))
 }
 
-thread_local! {
-    /// This thread's column buffer, reused block after block (grown, never shrunk): a fresh
-    /// buffer per block costs a memset and cold cache lines.
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
 /// A block's column matrix: a view of the input (1x1 convolutions) or of a scratch buffer.
 struct Columns {
     /// `[samples, K, rows ow]`.
@@ -297,12 +290,9 @@ impl Columns {
         let plane = g.h * g.w;
         let cols_per = rows * g.row_width();
         let len = ns * k * cols_per;
-        let mut buf = SCRATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
-        if buf.len() < len {
-            buf.resize(len, 0.0);
-        }
-        // Every element of the first `len` is written (zeros included).
-        let chunks = buf[..len].chunks_mut(g.kh * g.kw * cols_per).enumerate();
+        let mut buf = scratch(len);
+        // Every element is written (zeros included).
+        let chunks = buf.chunks_mut(g.kh * g.kw * cols_per).enumerate();
         if g.wide() {
             let mut slab = vec![0f32; g.slab_len(rows)];
             for (i, out) in chunks {
@@ -320,8 +310,7 @@ impl Columns {
                 im2col_plane(src, g, r0, rows, out);
             }
         }
-        let total = buf.len();
-        let scratch = from_vec(buf, &[total]);
+        let scratch = from_vec(buf, &[len]);
         Self {
             view: view(&scratch, [ns, k, cols_per], k * cols_per, cols_per, 0),
             scratch: Some(scratch),
@@ -332,13 +321,8 @@ impl Columns {
     fn recycle(self) {
         let Self { view, scratch } = self;
         drop(view);
-        if let Some(Ok(v)) = scratch.map(|t| t.into_data().into_vec::<f32>()) {
-            SCRATCH.with(|b| {
-                let mut b = b.borrow_mut();
-                if v.capacity() > b.capacity() {
-                    *b = v;
-                }
-            });
+        if let Some(t) = scratch {
+            recycle_tensor(t);
         }
     }
 }
@@ -476,6 +460,9 @@ fn weight_matrix(w: &FlexTensor, g: &Geom) -> FlexTensor {
 
 /// The convolution's output `[n, co, oh, ow]`.
 fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> FlexTensor {
+    if winograd::applies(g) {
+        return winograd::forward(x, w, b, g);
+    }
     let x = contiguous(x);
     let wm = weight_matrix(w, g);
     let p = g.p();
@@ -525,6 +512,9 @@ fn backward(
         None
     };
     let want_x = want_x && dx_conv.is_none();
+    // 3x3 stride 1 with enough channels: the weight gradient through Winograd's transforms.
+    let dw_winograd = (want_w && winograd::applies(g)).then(|| winograd::weight_grad(x, dy, g));
+    let want_w = want_w && dw_winograd.is_none();
     let x = contiguous(x);
     let dy = contiguous(dy);
     let dys = values(&dy);
@@ -623,6 +613,7 @@ fn backward(
     let zero = || vec![0f32; if want_w { g.co * k } else { 0 }];
     let mut dx = want_x.then(|| vec![0f32; g.n * plane]);
     let dw = match dx.as_mut() {
+        _ if !want_x && !want_w => Vec::new(),
         Some(dx) => dx
             .par_chunks_mut((group * plane).max(1))
             .enumerate()
@@ -657,7 +648,9 @@ fn backward(
     });
     [
         dx_conv.or_else(|| dx.map(|v| from_vec(v, &[g.n, g.ci, g.h, g.w]))),
-        want_w.then(|| from_vec(dw, &[g.co, g.ci, g.kh, g.kw])),
+        dw_winograd
+            .or(want_w.then_some(dw))
+            .map(|dw| from_vec(dw, &[g.co, g.ci, g.kh, g.kw])),
         db,
     ]
 }

@@ -18,6 +18,7 @@ mod pool;
 mod simd;
 mod tensor;
 mod upsample;
+mod winograd;
 
 use std::cell::Cell;
 

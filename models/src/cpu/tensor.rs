@@ -1,7 +1,7 @@
 //! Routing a tensor of a generic backend to rotor's CPU kernels, and the small `FlexTensor`
 //! helpers (contiguous f32 views, allocation) the kernels share.
 
-use std::{any::Any, borrow::Cow};
+use std::{any::Any, borrow::Cow, cell::RefCell};
 
 use burn::{
     backend::{
@@ -74,6 +74,43 @@ pub(crate) fn dims<const D: usize>(t: &FlexTensor) -> [usize; D] {
 /// A tensor owning `data` with the given shape.
 pub(crate) fn from_vec(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, Shape::from(shape.to_vec())))
+}
+
+thread_local! {
+    /// This thread's reusable kernel buffers (grown, never shrunk): a fresh buffer per block
+    /// costs a memset and cold cache lines.
+    static SCRATCH: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers a thread keeps for reuse.
+const SCRATCH_KEPT: usize = 4;
+
+/// A buffer of `len` floats from this thread's pool; its contents are unspecified (callers
+/// write every element they read).
+pub(crate) fn scratch(len: usize) -> Vec<f32> {
+    let mut buf = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    buf.truncate(len);
+    buf
+}
+
+/// Hands a buffer back to this thread's pool.
+pub(crate) fn recycle(buf: Vec<f32>) {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SCRATCH_KEPT {
+            s.push(buf);
+        }
+    });
+}
+
+/// Hands a tensor's buffer back to this thread's pool (once no view of it is left).
+pub(crate) fn recycle_tensor(t: FlexTensor) {
+    if let Ok(v) = t.into_data().into_vec::<f32>() {
+        recycle(v);
+    }
 }
 
 /// The float primitive of an autodiff tensor, and of a plain one.
