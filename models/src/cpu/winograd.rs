@@ -142,11 +142,14 @@ pub(super) fn weight_grad(x: &FlexTensor, dy: &FlexTensor, g: &Geom) -> Vec<f32>
                 recycle_tensor(v);
                 recycle_tensor(dm);
                 let part = contiguous(&part);
-                vectorized(|| {
-                    for (a, p) in acc.iter_mut().zip(values(&part)) {
-                        *a += p;
-                    }
-                });
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (a, p) in acc.iter_mut().zip(values(&part)) {
+                            *a += p;
+                        }
+                    },
+                );
             }
             acc
         })
@@ -230,67 +233,72 @@ fn input_transform(
     let plane = g.h * g.w;
     let (pl, w) = (g.pad[1], g.w);
     let (lo, hi) = (pl.min(wq), (pl + w).min(wq));
-    vectorized(|| {
-        let mut d = [
-            vec![0f32; wq],
-            vec![0f32; wq],
-            vec![0f32; wq],
-            vec![0f32; wq],
-        ];
-        let mut e = vec![0f32; tw + 1];
-        let mut o = vec![0f32; tw + 1];
-        for ci in 0..g.ci {
-            for r in 0..rows {
-                let (s, ty) = (s0 + (r0 + r) / t.th, (r0 + r) % t.th);
-                let src = &x[(s * g.ci + ci) * plane..][..plane];
-                for (k, row) in d.iter_mut().enumerate() {
-                    let iy = (2 * ty + k) as isize - g.pad[0] as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        row.fill(0.0);
-                        continue;
+    vectorized(
+        #[inline(always)]
+        || {
+            let mut d = [
+                vec![0f32; wq],
+                vec![0f32; wq],
+                vec![0f32; wq],
+                vec![0f32; wq],
+            ];
+            let mut e = vec![0f32; tw + 1];
+            let mut o = vec![0f32; tw + 1];
+            for ci in 0..g.ci {
+                for r in 0..rows {
+                    let (s, ty) = (s0 + (r0 + r) / t.th, (r0 + r) % t.th);
+                    let src = &x[(s * g.ci + ci) * plane..][..plane];
+                    for (k, row) in d.iter_mut().enumerate() {
+                        let iy = (2 * ty + k) as isize - g.pad[0] as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            row.fill(0.0);
+                            continue;
+                        }
+                        row[..lo].fill(0.0);
+                        row[lo..hi].copy_from_slice(&src[iy as usize * w..][..hi - lo]);
+                        row[hi..].fill(0.0);
                     }
-                    row[..lo].fill(0.0);
-                    row[lo..hi].copy_from_slice(&src[iy as usize * w..][..hi - lo]);
-                    row[hi..].fill(0.0);
-                }
-                // B^T d: rows (d0 - d2, d1 + d2, d2 - d1, d1 - d3), in place.
-                let [d0, d1, d2, d3] = &mut d;
-                for (((a, b), c), dd) in d0
-                    .iter_mut()
-                    .zip(d1.iter_mut())
-                    .zip(d2.iter_mut())
-                    .zip(d3.iter_mut())
-                {
-                    let (x0, x1, x2, x3) = (*a, *b, *c, *dd);
-                    *a = x0 - x2;
-                    *b = x1 + x2;
-                    *c = x2 - x1;
-                    *dd = x1 - x3;
-                }
-                // (.) B per row: even/odd columns, then (e0 - e1, o0 + e1, e1 - o0, o0 - o1).
-                for (i, row) in d.iter().enumerate() {
-                    for ((e, o), pair) in e.iter_mut().zip(o.iter_mut()).zip(row.chunks_exact(2)) {
-                        *e = pair[0];
-                        *o = pair[1];
+                    // B^T d: rows (d0 - d2, d1 + d2, d2 - d1, d1 - d3), in place.
+                    let [d0, d1, d2, d3] = &mut d;
+                    for (((a, b), c), dd) in d0
+                        .iter_mut()
+                        .zip(d1.iter_mut())
+                        .zip(d2.iter_mut())
+                        .zip(d3.iter_mut())
+                    {
+                        let (x0, x1, x2, x3) = (*a, *b, *c, *dd);
+                        *a = x0 - x2;
+                        *b = x1 + x2;
+                        *c = x2 - x1;
+                        *dd = x1 - x3;
                     }
-                    let at = |j: usize| (4 * i + j) * g.ci * tiles + ci * tiles + r * tw;
-                    let (e0, e1, o0, o1) = (&e[..tw], &e[1..], &o[..tw], &o[1..]);
-                    for (dst, (a, b)) in v[at(0)..][..tw].iter_mut().zip(e0.iter().zip(e1)) {
-                        *dst = a - b;
-                    }
-                    for (dst, (a, b)) in v[at(1)..][..tw].iter_mut().zip(o0.iter().zip(e1)) {
-                        *dst = a + b;
-                    }
-                    for (dst, (a, b)) in v[at(2)..][..tw].iter_mut().zip(e1.iter().zip(o0)) {
-                        *dst = a - b;
-                    }
-                    for (dst, (a, b)) in v[at(3)..][..tw].iter_mut().zip(o0.iter().zip(o1)) {
-                        *dst = a - b;
+                    // (.) B per row: even/odd columns, then (e0 - e1, o0 + e1, e1 - o0, o0 - o1).
+                    for (i, row) in d.iter().enumerate() {
+                        for ((e, o), pair) in
+                            e.iter_mut().zip(o.iter_mut()).zip(row.chunks_exact(2))
+                        {
+                            *e = pair[0];
+                            *o = pair[1];
+                        }
+                        let at = |j: usize| (4 * i + j) * g.ci * tiles + ci * tiles + r * tw;
+                        let (e0, e1, o0, o1) = (&e[..tw], &e[1..], &o[..tw], &o[1..]);
+                        for (dst, (a, b)) in v[at(0)..][..tw].iter_mut().zip(e0.iter().zip(e1)) {
+                            *dst = a - b;
+                        }
+                        for (dst, (a, b)) in v[at(1)..][..tw].iter_mut().zip(o0.iter().zip(e1)) {
+                            *dst = a + b;
+                        }
+                        for (dst, (a, b)) in v[at(2)..][..tw].iter_mut().zip(e1.iter().zip(o0)) {
+                            *dst = a - b;
+                        }
+                        for (dst, (a, b)) in v[at(3)..][..tw].iter_mut().zip(o0.iter().zip(o1)) {
+                            *dst = a - b;
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 /// `dM = A dY A^T` of tile rows `r0..r0 + rows` of the task starting at sample `s0`, into `dm`
@@ -307,76 +315,82 @@ fn grad_transform(
     let tw = t.tw;
     let tiles = rows * tw;
     let p = g.oh * g.ow;
-    vectorized(|| {
-        // Output rows 2ty and 2ty + 1, split into even and odd columns.
-        let mut y = [
-            vec![0f32; tw],
-            vec![0f32; tw],
-            vec![0f32; tw],
-            vec![0f32; tw],
-        ];
-        let mut h = [vec![0f32; tw], vec![0f32; tw]];
-        for co in 0..g.co {
-            for r in 0..rows {
-                let (s, ty) = (s0 + (r0 + r) / t.th, (r0 + r) % t.th);
-                let src = &dy[(s * g.co + co) * p..][..p];
-                for q in 0..2 {
-                    let oy = 2 * ty + q;
-                    let [ye, yo] = y
-                        .get_disjoint_mut([2 * q, 2 * q + 1])
-                        .expect("distinct rows");
-                    if oy >= g.oh {
-                        ye.fill(0.0);
-                        yo.fill(0.0);
-                        continue;
+    vectorized(
+        #[inline(always)]
+        || {
+            // Output rows 2ty and 2ty + 1, split into even and odd columns.
+            let mut y = [
+                vec![0f32; tw],
+                vec![0f32; tw],
+                vec![0f32; tw],
+                vec![0f32; tw],
+            ];
+            let mut h = [vec![0f32; tw], vec![0f32; tw]];
+            for co in 0..g.co {
+                for r in 0..rows {
+                    let (s, ty) = (s0 + (r0 + r) / t.th, (r0 + r) % t.th);
+                    let src = &dy[(s * g.co + co) * p..][..p];
+                    for q in 0..2 {
+                        let oy = 2 * ty + q;
+                        let [ye, yo] = y
+                            .get_disjoint_mut([2 * q, 2 * q + 1])
+                            .expect("distinct rows");
+                        if oy >= g.oh {
+                            ye.fill(0.0);
+                            yo.fill(0.0);
+                            continue;
+                        }
+                        let row = &src[oy * g.ow..][..g.ow];
+                        for ((e, o), pair) in
+                            ye.iter_mut().zip(yo.iter_mut()).zip(row.chunks_exact(2))
+                        {
+                            *e = pair[0];
+                            *o = pair[1];
+                        }
+                        if g.ow % 2 == 1 {
+                            ye[tw - 1] = row[g.ow - 1];
+                            yo[tw - 1] = 0.0;
+                        }
                     }
-                    let row = &src[oy * g.ow..][..g.ow];
-                    for ((e, o), pair) in ye.iter_mut().zip(yo.iter_mut()).zip(row.chunks_exact(2))
-                    {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
-                    if g.ow % 2 == 1 {
-                        ye[tw - 1] = row[g.ow - 1];
-                        yo[tw - 1] = 0.0;
-                    }
-                }
-                let [y0e, y0o, y1e, y1o] = &y;
-                // A dY: rows (y0, y0 + y1, y0 - y1, -y1); then (.) A^T per row:
-                // (e, e + o, e - o, -o).
-                for i in 0..4 {
-                    let [he, ho] = &mut h;
-                    for ((((he, ho), a), b), (c, d)) in he
-                        .iter_mut()
-                        .zip(ho.iter_mut())
-                        .zip(y0e)
-                        .zip(y0o)
-                        .zip(y1e.iter().zip(y1o))
-                    {
-                        (*he, *ho) = match i {
-                            0 => (*a, *b),
-                            1 => (a + c, b + d),
-                            2 => (a - c, b - d),
-                            _ => (-c, -d),
-                        };
-                    }
-                    let at = |j: usize| (4 * i + j) * g.co * tiles + co * tiles + r * tw;
-                    dm[at(0)..][..tw].copy_from_slice(he);
-                    for (dst, (a, b)) in dm[at(1)..][..tw].iter_mut().zip(he.iter().zip(ho.iter()))
-                    {
-                        *dst = a + b;
-                    }
-                    for (dst, (a, b)) in dm[at(2)..][..tw].iter_mut().zip(he.iter().zip(ho.iter()))
-                    {
-                        *dst = a - b;
-                    }
-                    for (dst, b) in dm[at(3)..][..tw].iter_mut().zip(ho.iter()) {
-                        *dst = -b;
+                    let [y0e, y0o, y1e, y1o] = &y;
+                    // A dY: rows (y0, y0 + y1, y0 - y1, -y1); then (.) A^T per row:
+                    // (e, e + o, e - o, -o).
+                    for i in 0..4 {
+                        let [he, ho] = &mut h;
+                        for ((((he, ho), a), b), (c, d)) in he
+                            .iter_mut()
+                            .zip(ho.iter_mut())
+                            .zip(y0e)
+                            .zip(y0o)
+                            .zip(y1e.iter().zip(y1o))
+                        {
+                            (*he, *ho) = match i {
+                                0 => (*a, *b),
+                                1 => (a + c, b + d),
+                                2 => (a - c, b - d),
+                                _ => (-c, -d),
+                            };
+                        }
+                        let at = |j: usize| (4 * i + j) * g.co * tiles + co * tiles + r * tw;
+                        dm[at(0)..][..tw].copy_from_slice(he);
+                        for (dst, (a, b)) in
+                            dm[at(1)..][..tw].iter_mut().zip(he.iter().zip(ho.iter()))
+                        {
+                            *dst = a + b;
+                        }
+                        for (dst, (a, b)) in
+                            dm[at(2)..][..tw].iter_mut().zip(he.iter().zip(ho.iter()))
+                        {
+                            *dst = a - b;
+                        }
+                        for (dst, b) in dm[at(3)..][..tw].iter_mut().zip(ho.iter()) {
+                            *dst = -b;
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 /// `Y = A^T M A` (plus the bias) of tile rows `r0..r0 + rows` into the task's output `out`
@@ -394,49 +408,52 @@ fn output_transform(
     let tiles = rows * tw;
     let p = g.oh * g.ow;
     let half = g.ow / 2;
-    vectorized(|| {
-        // A^T M: 2 rows x 4 columns of tile vectors.
-        let mut s: [[Vec<f32>; 4]; 2] =
-            std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; tw]));
-        for co in 0..g.co {
-            let add = bias.map_or(0.0, |b| b[co]);
-            for r in 0..rows {
-                let (sample, ty) = ((r0 + r) / t.th, (r0 + r) % t.th);
-                let row = |xi: usize| &m[(xi * g.co + co) * tiles + r * tw..][..tw];
-                for j in 0..4 {
-                    let (m0, m1, m2, m3) = (row(j), row(4 + j), row(8 + j), row(12 + j));
-                    let [s0, s1] = &mut s;
-                    for ((((a, b), (c, d)), x), y) in m0
-                        .iter()
-                        .zip(m1)
-                        .zip(m2.iter().zip(m3))
-                        .zip(s0[j].iter_mut())
-                        .zip(s1[j].iter_mut())
-                    {
-                        *x = a + b + c;
-                        *y = b - c - d;
+    vectorized(
+        #[inline(always)]
+        || {
+            // A^T M: 2 rows x 4 columns of tile vectors.
+            let mut s: [[Vec<f32>; 4]; 2] =
+                std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; tw]));
+            for co in 0..g.co {
+                let add = bias.map_or(0.0, |b| b[co]);
+                for r in 0..rows {
+                    let (sample, ty) = ((r0 + r) / t.th, (r0 + r) % t.th);
+                    let row = |xi: usize| &m[(xi * g.co + co) * tiles + r * tw..][..tw];
+                    for j in 0..4 {
+                        let (m0, m1, m2, m3) = (row(j), row(4 + j), row(8 + j), row(12 + j));
+                        let [s0, s1] = &mut s;
+                        for ((((a, b), (c, d)), x), y) in m0
+                            .iter()
+                            .zip(m1)
+                            .zip(m2.iter().zip(m3))
+                            .zip(s0[j].iter_mut())
+                            .zip(s1[j].iter_mut())
+                        {
+                            *x = a + b + c;
+                            *y = b - c - d;
+                        }
                     }
-                }
-                for (q, sq) in s.iter().enumerate() {
-                    let oy = 2 * ty + q;
-                    if oy >= g.oh {
-                        break;
-                    }
-                    let dst = &mut out[(sample * g.co + co) * p + oy * g.ow..][..g.ow];
-                    let [a, b, c, d] = sq;
-                    for ((pair, (a, b)), (c, d)) in dst
-                        .chunks_exact_mut(2)
-                        .zip(a.iter().zip(b))
-                        .zip(c.iter().zip(d))
-                    {
-                        pair[0] = a + b + c + add;
-                        pair[1] = b - c - d + add;
-                    }
-                    if g.ow % 2 == 1 {
-                        dst[g.ow - 1] = a[half] + b[half] + c[half] + add;
+                    for (q, sq) in s.iter().enumerate() {
+                        let oy = 2 * ty + q;
+                        if oy >= g.oh {
+                            break;
+                        }
+                        let dst = &mut out[(sample * g.co + co) * p + oy * g.ow..][..g.ow];
+                        let [a, b, c, d] = sq;
+                        for ((pair, (a, b)), (c, d)) in dst
+                            .chunks_exact_mut(2)
+                            .zip(a.iter().zip(b))
+                            .zip(c.iter().zip(d))
+                        {
+                            pair[0] = a + b + c + add;
+                            pair[1] = b - c - d + add;
+                        }
+                        if g.ow % 2 == 1 {
+                            dst[g.ow - 1] = a[half] + b[half] + c[half] + add;
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
 }
