@@ -34,6 +34,7 @@ use burn::{
 };
 use rayon::prelude::*;
 
+use super::simd::{sum_f64, vectorized};
 use super::tensor::{
     Routed, ad_primitive, cast, contiguous, dims, flex_primitive, flex_tensor, from_vec,
     recycle_tensor, route, scratch, values,
@@ -292,7 +293,7 @@ impl Columns {
         let len = ns * k * cols_per;
         let mut buf = scratch(len);
         // Every element is written (zeros included).
-        let chunks = buf.chunks_mut(g.kh * g.kw * cols_per).enumerate();
+        let chunks = buf[..len].chunks_mut(g.kh * g.kw * cols_per).enumerate();
         if g.wide() {
             let mut slab = vec![0f32; g.slab_len(rows)];
             for (i, out) in chunks {
@@ -310,7 +311,8 @@ impl Columns {
                 im2col_plane(src, g, r0, rows, out);
             }
         }
-        let scratch = from_vec(buf, &[len]);
+        let total = buf.len();
+        let scratch = from_vec(buf, &[total]);
         Self {
             view: view(&scratch, [ns, k, cols_per], k * cols_per, cols_per, 0),
             scratch: Some(scratch),
@@ -636,10 +638,11 @@ fn backward(
             .map(|c| {
                 (0..g.n)
                     .map(|n| {
-                        dys[(n * g.co + c) * p..][..p]
-                            .iter()
-                            .map(|&v| v as f64)
-                            .sum::<f64>()
+                        let plane = &dys[(n * g.co + c) * p..][..p];
+                        vectorized(
+                            #[inline(always)]
+                            || sum_f64(plane, |v| v as f64),
+                        )
                     })
                     .sum::<f64>() as f32
             })

@@ -27,7 +27,7 @@ use burn::{
 use rayon::prelude::*;
 
 use super::{
-    simd::{sigmoid, vectorized},
+    simd::{sigmoid, sum_f64, sum2_f64, vectorized},
     tensor::{
         Cpu, Routed, ad_primitive, cast, contiguous, dims, flex_primitive, flex_tensor, from_vec,
         route, values,
@@ -127,18 +127,21 @@ fn forward(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, cfg: Cfg) -> (
                 let scale = rstd * gs[c0 + ch];
                 let shift = bs[c0 + ch] - mean * scale;
                 let (src, o) = (&src[ch * hw..][..hw], &mut o[ch * hw..][..hw]);
-                vectorized(|| {
-                    if cfg.silu {
-                        for (o, &v) in o.iter_mut().zip(src) {
-                            let y = v * scale + shift;
-                            *o = y * sigmoid(y);
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        if cfg.silu {
+                            for (o, &v) in o.iter_mut().zip(src) {
+                                let y = v * scale + shift;
+                                *o = y * sigmoid(y);
+                            }
+                        } else {
+                            for (o, &v) in o.iter_mut().zip(src) {
+                                *o = v * scale + shift;
+                            }
                         }
-                    } else {
-                        for (o, &v) in o.iter_mut().zip(src) {
-                            *o = v * scale + shift;
-                        }
-                    }
-                });
+                    },
+                );
             }
             (mean, rstd)
         })
@@ -149,15 +152,19 @@ fn forward(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, cfg: Cfg) -> (
 /// Mean and reciprocal standard deviation (biased variance) of `v`, accumulated in f64.
 fn moments(v: &[f32], eps: f64) -> (f32, f32) {
     let len = v.len().max(1) as f64;
-    let mean = vectorized(|| v.iter().map(|&a| a as f64).sum::<f64>()) / len;
-    let var = vectorized(|| {
-        v.iter()
-            .map(|&a| {
+    let mean = vectorized(
+        #[inline(always)]
+        || sum_f64(v, |a| a as f64),
+    ) / len;
+    let var = vectorized(
+        #[inline(always)]
+        || {
+            sum_f64(v, |a| {
                 let d = a as f64 - mean;
                 d * d
             })
-            .sum::<f64>()
-    }) / len;
+        },
+    ) / len;
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
 }
 
@@ -208,17 +215,20 @@ fn backward(
     let block = cpg * hw;
     // dy of one channel of a block, recomputed (through SiLU when fused) into `dy`.
     let channel_dy = |src: &[f32], dzc: &[f32], scale: f32, shift: f32, dy: &mut [f32]| {
-        vectorized(|| {
-            if cfg.silu {
-                for ((d, &v), &g) in dy.iter_mut().zip(src).zip(dzc) {
-                    let y = v * scale + shift;
-                    let sg = sigmoid(y);
-                    *d = g * sg * (1.0 + y * (1.0 - sg));
+        vectorized(
+            #[inline(always)]
+            || {
+                if cfg.silu {
+                    for ((d, &v), &g) in dy.iter_mut().zip(src).zip(dzc) {
+                        let y = v * scale + shift;
+                        let sg = sigmoid(y);
+                        *d = g * sg * (1.0 + y * (1.0 - sg));
+                    }
+                } else {
+                    dy.copy_from_slice(dzc);
                 }
-            } else {
-                dy.copy_from_slice(dzc);
-            }
-        })
+            },
+        )
     };
     // Per block: per channel (sum dy, sum dy x^), f64. (dx is computed even when x needs no
     // gradient: a normalization's input always does inside a network.)
@@ -238,14 +248,10 @@ fn backward(
                 let (scale, shift) = (rstd * gam, bet - mean * rstd * gam);
                 let xc = &src[ch * hw..][..hw];
                 channel_dy(xc, &dzb[ch * hw..][..hw], scale, shift, &mut dy);
-                let (sdy, sdyx) = vectorized(|| {
-                    let mut a = (0f64, 0f64);
-                    for (&d, &v) in dy.iter().zip(xc) {
-                        a.0 += d as f64;
-                        a.1 += (d * (v - mean) * rstd) as f64;
-                    }
-                    a
-                });
+                let (sdy, sdyx) = vectorized(
+                    #[inline(always)]
+                    || sum2_f64(&dy, xc, |d, v| (d as f64, (d * (v - mean) * rstd) as f64)),
+                );
                 sums.push((sdy, sdyx));
             }
             {
@@ -262,12 +268,15 @@ fn backward(
                     let xc = &src[ch * hw..][..hw];
                     channel_dy(xc, &dzb[ch * hw..][..hw], scale, shift, &mut dy);
                     let out = &mut dxb[ch * hw..][..hw];
-                    vectorized(|| {
-                        for ((o, &d), &v) in out.iter_mut().zip(&dy).zip(xc) {
-                            let xhat = (v - mean) * rstd;
-                            *o = rstd * (gam * d - ma - xhat * mb);
-                        }
-                    });
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for ((o, &d), &v) in out.iter_mut().zip(&dy).zip(xc) {
+                                let xhat = (v - mean) * rstd;
+                                *o = rstd * (gam * d - ma - xhat * mb);
+                            }
+                        },
+                    );
                 }
             }
             sums

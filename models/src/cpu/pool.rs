@@ -50,18 +50,21 @@ fn forward(x: &FlexTensor) -> (FlexTensor, Vec<u8>) {
         .enumerate()
         .for_each(|(plane, (o, win))| {
             let src = &xs[plane * h * w..][..h * w];
-            vectorized(|| {
-                for y in 0..oh {
-                    let (r0, r1) = (&src[2 * y * w..][..w], &src[(2 * y + 1) * w..][..w]);
-                    let (o, win) = (&mut o[y * ow..][..ow], &mut win[y * ow..][..ow]);
-                    for xo in 0..ow {
-                        let (m, k) =
-                            window_max(r0[2 * xo], r0[2 * xo + 1], r1[2 * xo], r1[2 * xo + 1]);
-                        o[xo] = m;
-                        win[xo] = k;
+            vectorized(
+                #[inline(always)]
+                || {
+                    for y in 0..oh {
+                        let (r0, r1) = (&src[2 * y * w..][..w], &src[(2 * y + 1) * w..][..w]);
+                        let (o, win) = (&mut o[y * ow..][..ow], &mut win[y * ow..][..ow]);
+                        for xo in 0..ow {
+                            let (m, k) =
+                                window_max(r0[2 * xo], r0[2 * xo + 1], r1[2 * xo], r1[2 * xo + 1]);
+                            o[xo] = m;
+                            win[xo] = k;
+                        }
                     }
-                }
-            });
+                },
+            );
         });
     (from_vec(out, &[n, c, oh, ow]), winners)
 }

@@ -21,11 +21,14 @@ pub(crate) fn map1(a: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK))
         .for_each(|(o, a)| {
-            vectorized(|| {
-                for (o, &a) in o.iter_mut().zip(a) {
-                    *o = f(a);
-                }
-            })
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (o, &a) in o.iter_mut().zip(a) {
+                        *o = f(a);
+                    }
+                },
+            )
         });
 }
 
@@ -36,12 +39,56 @@ pub(crate) fn map2(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(o, (a, b))| {
-            vectorized(|| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = f(a, b);
-                }
-            })
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                        *o = f(a, b);
+                    }
+                },
+            )
         });
+}
+
+/// Independent f64 accumulators of the sums below: one accumulator is a chain of dependent
+/// adds (several cycles each); eight fill the vector units.
+const LANES: usize = 8;
+
+/// `sum f(v[i])` accumulated in f64 (call inside [`vectorized`]).
+#[inline(always)]
+pub(crate) fn sum_f64(v: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// `(sum f(a[i], b[i]).0, sum f(a[i], b[i]).1)` accumulated in f64 (call inside
+/// [`vectorized`]).
+#[inline(always)]
+pub(crate) fn sum2_f64(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f64, f64)) -> (f64, f64) {
+    assert_eq!(a.len(), b.len());
+    let (mut s0, mut s1) = ([0f64; LANES], [0f64; LANES]);
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..LANES {
+            let (p, q) = f(x[i], y[i]);
+            s0[i] += p;
+            s1[i] += q;
+        }
+    }
+    let (mut t0, mut t1) = (s0.iter().sum::<f64>(), s1.iter().sum::<f64>());
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        let (p, q) = f(x, y);
+        t0 += p;
+        t1 += q;
+    }
+    (t0, t1)
 }
 
 /// 1.5 * 2^23: adding it rounds an f32 of magnitude < 2^22 to the nearest integer.

@@ -11,7 +11,7 @@ use burn::{
             grads::Gradients,
             ops::{Backward, Ops, OpsKind, unary},
         },
-        flex::FlexTensor,
+        flex::{FlexTensor, Layout},
     },
     tensor::{DType, Shape, Tensor, TensorData, TensorPrimitive, backend::Backend},
 };
@@ -85,15 +85,25 @@ thread_local! {
 /// Buffers a thread keeps for reuse.
 const SCRATCH_KEPT: usize = 4;
 
-/// A buffer of `len` floats from this thread's pool; its contents are unspecified (callers
-/// write every element they read).
+/// A buffer of at least `len` floats from this thread's pool (its length never shrinks, so
+/// a buffer is zero-filled only when it grows); its contents are unspecified: callers write
+/// every element they read.
 pub(crate) fn scratch(len: usize) -> Vec<f32> {
     let mut buf = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
-    buf.truncate(len);
     buf
+}
+
+/// A scratch buffer as a tensor, and a contiguous view of its first elements with `shape`.
+pub(crate) fn scratch_tensor(buf: Vec<f32>, shape: &[usize]) -> (FlexTensor, FlexTensor) {
+    let len = buf.len();
+    let full = from_vec(buf, &[len]);
+    let view = full
+        .clone()
+        .with_layout(Layout::contiguous(Shape::from(shape.to_vec())));
+    (full, view)
 }
 
 /// Hands a buffer back to this thread's pool.

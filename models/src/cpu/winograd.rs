@@ -27,7 +27,9 @@ use rayon::prelude::*;
 
 use super::conv2d::Geom;
 use super::simd::vectorized;
-use super::tensor::{contiguous, from_vec, recycle, recycle_tensor, scratch, values};
+use super::tensor::{
+    contiguous, from_vec, recycle, recycle_tensor, scratch, scratch_tensor, values,
+};
 
 /// Transformed-tile floats per block (1 MiB): `16 * max(ci, co) * T`.
 const BLOCK_FLOATS: usize = 1 << 18;
@@ -103,10 +105,11 @@ pub(super) fn forward(
             let (s0, ns) = (task * t.group, o.len() / (g.co * p).max(1));
             for (r0, rows) in t.blocks(ns) {
                 let tiles = rows * t.tw;
-                let mut v = scratch(16 * g.ci * tiles);
-                input_transform(xs, g, &t, s0, r0, rows, &mut v);
-                let v = from_vec(v, &[16, g.ci, tiles]);
-                let m = Flex::float_matmul(u.clone(), v.clone()); // [16, co, tiles]
+                let len = 16 * g.ci * tiles;
+                let mut v = scratch(len);
+                input_transform(xs, g, &t, s0, r0, rows, &mut v[..len]);
+                let (v, view) = scratch_tensor(v, &[16, g.ci, tiles]);
+                let m = Flex::float_matmul(u.clone(), view); // [16, co, tiles]
                 recycle_tensor(v);
                 let m = contiguous(&m);
                 output_transform(values(&m), g, &t, r0, rows, bias, o);
@@ -131,14 +134,15 @@ pub(super) fn weight_grad(x: &FlexTensor, dy: &FlexTensor, g: &Geom) -> Vec<f32>
             let ns = t.group.min(g.n - s0);
             for (r0, rows) in t.blocks(ns) {
                 let tiles = rows * t.tw;
-                let mut v = scratch(16 * g.ci * tiles);
-                input_transform(xs, g, &t, s0, r0, rows, &mut v);
-                let mut dm = scratch(16 * g.co * tiles);
-                grad_transform(dys, g, &t, s0, r0, rows, &mut dm);
-                let v = from_vec(v, &[16, g.ci, tiles]);
-                let dm = from_vec(dm, &[16, g.co, tiles]);
+                let (lv, ldm) = (16 * g.ci * tiles, 16 * g.co * tiles);
+                let mut v = scratch(lv);
+                input_transform(xs, g, &t, s0, r0, rows, &mut v[..lv]);
+                let mut dm = scratch(ldm);
+                grad_transform(dys, g, &t, s0, r0, rows, &mut dm[..ldm]);
+                let (v, v_view) = scratch_tensor(v, &[16, g.ci, tiles]);
+                let (dm, dm_view) = scratch_tensor(dm, &[16, g.co, tiles]);
                 // [16, co, tiles] x [16, tiles, ci] -> [16, co, ci]
-                let part = Flex::float_matmul(dm.clone(), v.clone().transpose(1, 2));
+                let part = Flex::float_matmul(dm_view, v_view.transpose(1, 2));
                 recycle_tensor(v);
                 recycle_tensor(dm);
                 let part = contiguous(&part);
