@@ -184,3 +184,4 @@ where
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
+

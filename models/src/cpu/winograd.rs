@@ -142,7 +142,11 @@ pub(super) fn weight_grad(x: &FlexTensor, dy: &FlexTensor, g: &Geom) -> Vec<f32>
                 let (v, v_view) = scratch_tensor(v, &[16, g.ci, tiles]);
                 let (dm, dm_view) = scratch_tensor(dm, &[16, g.co, tiles]);
                 // [16, co, tiles] x [16, tiles, ci] -> [16, co, ci]
-                let part = Flex::float_matmul(dm_view, v_view.transpose(1, 2));
+                // (`transpose` shares the buffer: drop the view so the buffer is handed back
+                // without a copy.)
+                let v_t = v_view.transpose(1, 2);
+                drop(v_view);
+                let part = Flex::float_matmul(dm_view, v_t);
                 recycle_tensor(v);
                 recycle_tensor(dm);
                 let part = contiguous(&part);
