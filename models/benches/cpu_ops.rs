@@ -5,13 +5,17 @@
 //! cargo bench -p models --bench cpu_ops [-- --reps 10]
 //! ```
 //!
-//! Shapes are the Fashion-MNIST peer network's (batch 256) and the small VQ-VAE's.
+//! Shapes are the Fashion-MNIST peer network's (batch 256), the small VQ-VAE's, and two
+//! VideoGPT-style 3-D convolutions (8 frames of 32x32, 64 channels).
 
 use std::time::Instant;
 
 use burn::{
     backend::{Autodiff, Flex},
-    nn::{GroupNormConfig, PaddingConfig2d, conv::Conv2dConfig},
+    nn::{
+        GroupNormConfig, PaddingConfig2d, PaddingConfig3d,
+        conv::{Conv2dConfig, Conv3dConfig},
+    },
     tensor::{Distribution, Tensor},
 };
 use models::cpu;
@@ -68,6 +72,21 @@ fn main() {
             .init::<B>(&dev);
         let input = x([batch, ci, side, side]);
         report(name, reps, &|| fwd_bwd(cpu::conv2d(&conv, input.clone())));
+    }
+    for (name, k, stride) in [
+        ("conv3d 3x3x3 64->64 2x8x32x32", 3, 1),
+        ("conv3d 4x4x4 s2 64->64 2x8x32x32", 4, 2),
+    ] {
+        let conv = Conv3dConfig::new([64, 64], [k; 3])
+            .with_stride([stride; 3])
+            .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+            .init::<B>(&dev);
+        let input =
+            Tensor::<B, 5>::random([2, 64, 8, 32, 32], Distribution::Normal(0.0, 1.0), &dev)
+                .require_grad();
+        report(name, reps, &|| {
+            let _ = cpu::conv3d(&conv, input.clone()).backward();
+        });
     }
     let a = x([256, 16, 28, 28]);
     report("max_pool2x2 256x16x28x28", reps, &|| {

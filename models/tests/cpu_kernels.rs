@@ -10,8 +10,8 @@ use burn::{
     backend::{Autodiff, Flex},
     module::{AutodiffModule, Param},
     nn::{
-        GroupNorm, GroupNormConfig, PaddingConfig2d,
-        conv::{Conv2d, Conv2dConfig},
+        GroupNorm, GroupNormConfig, PaddingConfig2d, PaddingConfig3d,
+        conv::{Conv2d, Conv2dConfig, Conv3d, Conv3dConfig},
     },
     tensor::{Distribution, Tensor, backend::Backend},
 };
@@ -309,6 +309,127 @@ fn conv2d_winograd_blocks_match_burn() {
         dilation: 1,
         bias: true,
     });
+}
+
+/// `(n, c_in, c_out, [t, h, w], kernel, stride, padding (both ends), dilation, bias)`.
+type Case3Row = (
+    usize,
+    usize,
+    usize,
+    [usize; 3],
+    [usize; 3],
+    [usize; 3],
+    [usize; 3],
+    usize,
+    bool,
+);
+
+fn conv3d_case((n, ci, co, size, k, stride, pad, dilation, bias): Case3Row) {
+    let device = Default::default();
+    let conv: Conv3d<B> = Conv3dConfig::new([ci, co], k)
+        .with_stride(stride)
+        .with_dilation([dilation; 3])
+        .with_padding(PaddingConfig3d::Explicit(pad[0], pad[1], pad[2]))
+        .with_bias(bias)
+        .init(&device);
+    let x = random([n, ci, size[0], size[1], size[2]], 1.0);
+    let out: [usize; 3] =
+        std::array::from_fn(|i| (size[i] + 2 * pad[i] - dilation * (k[i] - 1) - 1) / stride[i] + 1);
+    let what = format!(
+        "conv3d n{n} {ci}->{co} {size:?} k{k:?} s{stride:?} pad{pad:?} d{dilation} bias {bias}"
+    );
+    let g = random([n, co, out[0], out[1], out[2]], 1.0);
+    let f = |x| cpu::conv3d(&conv, x);
+    let params = |grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients| {
+        let dw = conv
+            .weight
+            .grad(grads)
+            .expect("weight gradient")
+            .flatten(0, 4);
+        let db = conv
+            .bias
+            .as_ref()
+            .map(|b| b.grad(grads).expect("bias gradient"));
+        (dw, db)
+    };
+    let (got, dx, (dw, db)) = run(&x, &g, &f, params);
+    let (want, want_dx, (want_dw, want_db)) = cpu::with_reference_ops(|| run(&x, &g, &f, params));
+    assert_close(&format!("{what} output"), got, want);
+    assert_close(&format!("{what} input gradient"), dx, want_dx);
+    // Exact weight and bias gradients of sum(conv(x) * g), in f64.
+    let xs = x.to_data().to_vec::<f32>().unwrap();
+    let gs = g.to_data().to_vec::<f32>().unwrap();
+    let mut exact_dw = vec![0f64; co * ci * k.iter().product::<usize>()];
+    let mut exact_db = vec![0f64; co];
+    let at = |o: usize, kk: usize, d: usize, side: usize| {
+        let v = (o * stride[d] + kk * dilation) as isize - pad[d] as isize;
+        (v >= 0 && (v as usize) < side).then_some(v as usize)
+    };
+    for s in 0..n {
+        for c in 0..co {
+            for (q, &gv) in gs[(s * co + c) * out.iter().product::<usize>()..]
+                [..out.iter().product::<usize>()]
+                .iter()
+                .enumerate()
+            {
+                let (ot, oy, ox) = (q / (out[1] * out[2]), (q / out[2]) % out[1], q % out[2]);
+                let gv = gv as f64;
+                exact_db[c] += gv;
+                for cin in 0..ci {
+                    for a in 0..k[0] {
+                        let Some(it) = at(ot, a, 0, size[0]) else {
+                            continue;
+                        };
+                        for i in 0..k[1] {
+                            let Some(iy) = at(oy, i, 1, size[1]) else {
+                                continue;
+                            };
+                            for j in 0..k[2] {
+                                let Some(ix) = at(ox, j, 2, size[2]) else {
+                                    continue;
+                                };
+                                let xv = xs[(((s * ci + cin) * size[0] + it) * size[1] + iy)
+                                    * size[2]
+                                    + ix] as f64;
+                                exact_dw[(((c * ci + cin) * k[0] + a) * k[1] + i) * k[2] + j] +=
+                                    xv * gv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_exact(&format!("{what} weight gradient"), dw, want_dw, &exact_dw);
+    if let (Some(db), Some(want_db)) = (db, want_db) {
+        assert_exact(&format!("{what} bias gradient"), db, want_db, &exact_db);
+    }
+    let plain = conv.valid();
+    let xi = x.inner();
+    let got = cpu::conv3d(&plain, xi.clone());
+    let want = cpu::with_reference_ops(|| cpu::conv3d(&plain, xi));
+    assert_close(&format!("{what} (plain backend)"), got, want);
+}
+
+#[test]
+fn conv3d_matches_burn() {
+    let cases: [Case3Row; 6] = [
+        // 3x3x3, padding 1, odd sizes
+        (2, 3, 4, [5, 6, 7], [3, 3, 3], [1; 3], [1; 3], 1, true),
+        // batch 1, spatial stride 2 with a 4x4 kernel, no bias
+        (1, 2, 5, [4, 9, 8], [3, 4, 4], [1, 2, 2], [1; 3], 1, false),
+        // temporal stride 2, no temporal padding
+        (3, 4, 3, [6, 5, 5], [2, 3, 3], [2, 1, 1], [0, 1, 1], 1, true),
+        // dilation 2
+        (1, 3, 2, [5, 7, 7], [3, 3, 3], [1; 3], [2; 3], 2, true),
+        // 1x1x1
+        (2, 8, 6, [3, 4, 4], [1, 1, 1], [1; 3], [0; 3], 1, true),
+        // 432 x 32 columns per output row: 15 row blocks of one sample
+        (1, 16, 8, [8, 32, 32], [3, 3, 3], [1; 3], [1; 3], 1, true),
+    ];
+    for row in cases {
+        conv3d_case(row);
+    }
 }
 
 #[test]

@@ -251,7 +251,7 @@ impl Geom {
 
 /// A `[batch, rows, cols]` view of `t` (contiguous) with batch stride `batch_stride`, row
 /// stride `stride`, from element `offset`.
-fn view(
+pub(super) fn view(
     t: &FlexTensor,
     [batch, rows, cols]: [usize; 3],
     batch_stride: usize,
@@ -376,7 +376,7 @@ fn col2im_wide(dcols: &[f32], g: &Geom, r0: usize, rows: usize, slab: &mut [f32]
 
 /// For output column `ox` to read input column `ox * stride + offset`, the range of `ox` that
 /// lands inside `[0, side)`.
-fn inside(offset: isize, stride: usize, side: usize, out: usize) -> (usize, usize) {
+pub(super) fn inside(offset: isize, stride: usize, side: usize, out: usize) -> (usize, usize) {
     let lo = if offset >= 0 {
         0
     } else {

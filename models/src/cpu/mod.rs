@@ -1,9 +1,10 @@
 //! rotor's own CPU kernels for the layers that dominate a training step on the CPU backend
 //! (`Autodiff<Flex>`, and plain `Flex` for evaluation): 2-D convolution (im2col + Flex's
-//! batched GEMM, forward and both backward products), GELU and SiLU, GroupNorm (optionally fused
-//! with SiLU), 2x2 max-pooling and nearest x2 upsampling. Each is ONE autodiff operation with its
-//! own backward, parallel over samples and channels with rayon, vectorized for the machine's
-//! SIMD width at run time (pulp).
+//! batched GEMM, forward and both backward products; Winograd F(2x2, 3x3) for 3x3 stride-1
+//! layers with 32+ channels), 3-D convolution (vol2col + GEMM, for video models), GELU and
+//! SiLU, GroupNorm (optionally fused with SiLU), 2x2 max-pooling and nearest x2 upsampling.
+//! Each is ONE autodiff operation with its own backward, parallel over samples and channels
+//! with rayon, vectorized for the machine's SIMD width at run time (pulp).
 //!
 //! The entry points take burn modules and tensors of any backend: on `Autodiff<Flex>` / `Flex`
 //! with f32 tensors they run rotor's kernels, on every other backend (CUDA) or dtype they call
@@ -13,6 +14,7 @@
 
 mod activation;
 mod conv2d;
+mod conv3d;
 mod group_norm;
 mod pool;
 mod simd;
@@ -24,6 +26,7 @@ use std::cell::Cell;
 
 pub use activation::{gelu, silu};
 pub use conv2d::conv2d;
+pub use conv3d::conv3d;
 pub use group_norm::{group_norm, group_norm_silu};
 pub use pool::max_pool2x2;
 pub use upsample::upsample_nearest2;

@@ -184,4 +184,3 @@ where
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
-
