@@ -239,7 +239,7 @@ fn exact_param_grads(c: &ConvCase, x: &Tensor<B, 4>, g: &Tensor<B, 4>) -> (Vec<f
 
 #[test]
 fn conv2d_matches_burn() {
-    let cases: [CaseRow; 16] = [
+    let cases: [CaseRow; 19] = [
         // batch 1, one input channel (the peer net's first conv)
         (1, 1, 16, [28, 28], [3, 3], 1, [1; 4], 1, true),
         // odd sizes, stride 2, taming's Downsample padding (0, 1, 0, 1)
@@ -270,6 +270,11 @@ fn conv2d_matches_burn() {
         (1, 33, 32, [6, 7], [3, 3], 1, [2, 0, 1, 3], 1, true),
         // ... several samples per task, blocks spanning samples
         (9, 48, 64, [16, 16], [3, 3], 1, [1; 4], 1, true),
+        // ... top/left padding beyond the kernel span; a 1x1 output
+        (1, 32, 32, [5, 6], [3, 3], 1, [3, 4, 0, 1], 1, true),
+        (2, 32, 32, [1, 1], [3, 3], 1, [1; 4], 1, true),
+        // ... asymmetric padding with the input gradient through Winograd too
+        (2, 32, 40, [7, 8], [3, 3], 1, [0, 1, 2, 0], 1, true),
     ];
     for row in cases {
         conv_case(&ConvCase::from_row(row));
@@ -413,7 +418,7 @@ fn conv3d_case((n, ci, co, size, k, stride, pad, dilation, bias): Case3Row) {
 
 #[test]
 fn conv3d_matches_burn() {
-    let cases: [Case3Row; 6] = [
+    let cases: [Case3Row; 8] = [
         // 3x3x3, padding 1, odd sizes
         (2, 3, 4, [5, 6, 7], [3, 3, 3], [1; 3], [1; 3], 1, true),
         // batch 1, spatial stride 2 with a 4x4 kernel, no bias
@@ -424,12 +429,39 @@ fn conv3d_matches_burn() {
         (1, 3, 2, [5, 7, 7], [3, 3, 3], [1; 3], [2; 3], 2, true),
         // 1x1x1
         (2, 8, 6, [3, 4, 4], [1, 1, 1], [1; 3], [0; 3], 1, true),
+        // padding beyond the kernel span; stride beyond the kernel
+        (1, 2, 3, [2, 1, 3], [3, 3, 3], [1; 3], [3; 3], 1, true),
+        (2, 3, 2, [5, 7, 7], [1, 1, 1], [2, 3, 3], [0; 3], 1, true),
         // 432 x 32 columns per output row: 15 row blocks of one sample
         (1, 16, 8, [8, 32, 32], [3, 3, 3], [1; 3], [1; 3], 1, true),
     ];
     for row in cases {
         conv3d_case(row);
     }
+}
+
+#[test]
+fn conv2d_winograd_blocks_within_samples_match_burn() {
+    // One thread: tasks of 2 samples of 7 tile rows, 9 tile rows per block (256 channels), so
+    // a block ends inside a sample and the next starts there.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread pool");
+    pool.install(|| {
+        conv_case(&ConvCase {
+            n: 5,
+            ci: 256,
+            co: 256,
+            h: 13,
+            w: 13,
+            k: [3, 3],
+            stride: 1,
+            pad: [1; 4],
+            dilation: 1,
+            bias: true,
+        })
+    });
 }
 
 #[test]

@@ -121,13 +121,18 @@ fn padding<B: Backend>(conv: &Conv2d<B>, [_, _, h, w]: [usize; 4]) -> Option<[us
         PaddingConfig2d::Valid => Some([0; 4]),
         PaddingConfig2d::Explicit(top, left, bottom, right) => Some([top, left, bottom, right]),
         PaddingConfig2d::Same => {
-            // Output side = ceil(side / stride): total padding split with the extra on the end.
-            let total = |side: usize, k: usize, s: usize, d: usize| {
+            // burn's rule (padding.rs, `calculate_same_padding`): output side = ceil(side /
+            // stride), total padding `(out - 1) stride + k - side` (dilation not counted, as in
+            // burn), split with the extra on the end.
+            let total = |side: usize, k: usize, s: usize| {
                 let out = side.div_ceil(s);
-                ((out - 1) * s + d * (k - 1) + 1).saturating_sub(side)
+                if out == 0 {
+                    return 0;
+                }
+                ((out - 1) * s + k).saturating_sub(side)
             };
-            let th = total(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0]);
-            let tw = total(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1]);
+            let th = total(h, conv.kernel_size[0], conv.stride[0]);
+            let tw = total(w, conv.kernel_size[1], conv.stride[1]);
             Some([th / 2, tw / 2, th - th / 2, tw - tw / 2])
         }
     }
