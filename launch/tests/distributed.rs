@@ -183,10 +183,15 @@ fn a_killed_worker_stops_the_group_and_names_the_rank() {
     }
 }
 
+/// Steps of the runs the tests interrupt: long enough that the signal always lands mid-run
+/// (a tiny step takes a few milliseconds; 24 steps once finished between the test seeing step 4
+/// and its SIGTERM arriving).
+const LONG_RUN: usize = 400;
+
 #[test]
 fn sigterm_checkpoints_exits_zero_and_resume_matches_an_uninterrupted_run() {
     let reference = tempfile::tempdir().unwrap();
-    let cfg = setup(reference.path(), 24, 1000);
+    let cfg = setup(reference.path(), LONG_RUN, 1000);
     let out = Command::new(exe())
         .args(["--cpu", "2"])
         .arg(&cfg)
@@ -200,7 +205,7 @@ fn sigterm_checkpoints_exits_zero_and_resume_matches_an_uninterrupted_run() {
     let want = metrics(reference.path());
 
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = setup(tmp.path(), 24, 1000);
+    let cfg = setup(tmp.path(), LONG_RUN, 1000);
     let mut launcher = start(&cfg, &[]);
     wait_for_steps(tmp.path(), 4, &mut launcher);
     Command::new("kill")
@@ -218,7 +223,7 @@ fn sigterm_checkpoints_exits_zero_and_resume_matches_an_uninterrupted_run() {
         "SIGTERM must end with status 0: {text}"
     );
     let stopped_at = metrics(tmp.path()).len();
-    assert!(stopped_at < 24, "stopped early: {stopped_at}");
+    assert!(stopped_at < LONG_RUN, "stopped early: {stopped_at}");
     assert!(
         tmp.path().join("runs/tiny/checkpoints/latest").exists(),
         "{text}"
@@ -235,10 +240,10 @@ fn sigterm_checkpoints_exits_zero_and_resume_matches_an_uninterrupted_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     let got = metrics(tmp.path());
-    assert_eq!(got.len(), 24);
+    assert_eq!(got.len(), LONG_RUN);
     let (a, b) = (
-        want[23]["loss"].as_f64().unwrap(),
-        got[23]["loss"].as_f64().unwrap(),
+        want[LONG_RUN - 1]["loss"].as_f64().unwrap(),
+        got[LONG_RUN - 1]["loss"].as_f64().unwrap(),
     );
     assert!(
         (a - b).abs() <= 1e-3 * a.abs(),
@@ -249,9 +254,9 @@ fn sigterm_checkpoints_exits_zero_and_resume_matches_an_uninterrupted_run() {
 #[test]
 fn max_restarts_restarts_the_group_from_the_latest_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = setup(tmp.path(), 40, 5);
+    let cfg = setup(tmp.path(), LONG_RUN, 50);
     let mut launcher = start(&cfg, &["--max-restarts", "1"]);
-    wait_for_steps(tmp.path(), 12, &mut launcher);
+    wait_for_steps(tmp.path(), 60, &mut launcher);
     let ws = workers(launcher.id());
     let victim = ws.iter().find(|(_, r)| r == "1").unwrap().0;
     Command::new("kill")
@@ -263,7 +268,7 @@ fn max_restarts_restarts_the_group_from_the_latest_checkpoint() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("restarting the group"), "{text}");
     let m = metrics(tmp.path());
-    assert_eq!(m.last().unwrap()["step"].as_u64(), Some(40));
+    assert_eq!(m.last().unwrap()["step"].as_u64(), Some(LONG_RUN as u64));
 }
 
 #[test]
