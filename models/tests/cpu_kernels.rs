@@ -167,34 +167,49 @@ fn conv_case(c: &ConvCase) {
         c.n, c.ci, c.co, c.h, c.w, c.k, c.stride, c.pad, c.dilation, c.bias
     );
     let g = random(shape, 1.0);
-    let f = |x| cpu::conv2d(&conv, x);
+    let exact = exact_param_grads(c, &x, &g);
+    let plain = conv.valid();
+    check_conv(
+        &what,
+        (&x, &g),
+        (&conv.weight, conv.bias.as_ref()),
+        |x| cpu::conv2d(&conv, x),
+        |x| cpu::conv2d(&plain, x),
+        exact,
+    );
+}
+
+/// Checks a convolution kernel against burn's on `x` and the output gradient `g`: the output
+/// and input gradient (also the plain backend's output), and the weight and bias gradients
+/// against their `exact` (f64) values.
+fn check_conv<const D: usize>(
+    what: &str,
+    (x, g): (&Tensor<B, D>, &Tensor<B, D>),
+    (weight, bias): (&Param<Tensor<B, D>>, Option<&Param<Tensor<B, 1>>>),
+    f: impl Fn(Tensor<B, D>) -> Tensor<B, D>,
+    eval: impl Fn(Tensor<Flex, D>) -> Tensor<Flex, D>,
+    (exact_dw, exact_db): (Vec<f64>, Vec<f64>),
+) {
     let params = |grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients| {
-        let dw = conv
-            .weight
+        let dw = weight
             .grad(grads)
             .expect("weight gradient")
-            .flatten(0, 3);
-        let db = conv
-            .bias
-            .as_ref()
-            .map(|b| b.grad(grads).expect("bias gradient"));
+            .flatten::<1>(0, D - 1);
+        let db = bias.map(|b| b.grad(grads).expect("bias gradient"));
         (dw, db)
     };
-    let (out, dx, (dw, db)) = run(&x, &g, &f, params);
-    let (want_out, want_dx, (want_dw, want_db)) =
-        cpu::with_reference_ops(|| run(&x, &g, &f, params));
+    let (out, dx, (dw, db)) = run(x, g, &f, params);
+    let (want_out, want_dx, (want_dw, want_db)) = cpu::with_reference_ops(|| run(x, g, &f, params));
     assert_close(&format!("{what} output"), out, want_out);
     assert_close(&format!("{what} input gradient"), dx, want_dx);
-    let (exact_dw, exact_db) = exact_param_grads(c, &x, &g);
     assert_exact(&format!("{what} weight gradient"), dw, want_dw, &exact_dw);
     if let (Some(db), Some(want_db)) = (db, want_db) {
         assert_exact(&format!("{what} bias gradient"), db, want_db, &exact_db);
     }
     // Evaluation backend: forward only.
-    let plain = conv.valid();
-    let xi = x.inner();
-    let got = cpu::conv2d(&plain, xi.clone());
-    let want = cpu::with_reference_ops(|| cpu::conv2d(&plain, xi));
+    let xi = x.clone().inner();
+    let got = eval(xi.clone());
+    let want = cpu::with_reference_ops(|| eval(xi));
     assert_close(&format!("{what} (plain backend)"), got, want);
 }
 
@@ -344,23 +359,6 @@ fn conv3d_case((n, ci, co, size, k, stride, pad, dilation, bias): Case3Row) {
         "conv3d n{n} {ci}->{co} {size:?} k{k:?} s{stride:?} pad{pad:?} d{dilation} bias {bias}"
     );
     let g = random([n, co, out[0], out[1], out[2]], 1.0);
-    let f = |x| cpu::conv3d(&conv, x);
-    let params = |grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients| {
-        let dw = conv
-            .weight
-            .grad(grads)
-            .expect("weight gradient")
-            .flatten(0, 4);
-        let db = conv
-            .bias
-            .as_ref()
-            .map(|b| b.grad(grads).expect("bias gradient"));
-        (dw, db)
-    };
-    let (got, dx, (dw, db)) = run(&x, &g, &f, params);
-    let (want, want_dx, (want_dw, want_db)) = cpu::with_reference_ops(|| run(&x, &g, &f, params));
-    assert_close(&format!("{what} output"), got, want);
-    assert_close(&format!("{what} input gradient"), dx, want_dx);
     // Exact weight and bias gradients of sum(conv(x) * g), in f64.
     let xs = x.to_data().to_vec::<f32>().unwrap();
     let gs = g.to_data().to_vec::<f32>().unwrap();
@@ -405,15 +403,15 @@ fn conv3d_case((n, ci, co, size, k, stride, pad, dilation, bias): Case3Row) {
             }
         }
     }
-    assert_exact(&format!("{what} weight gradient"), dw, want_dw, &exact_dw);
-    if let (Some(db), Some(want_db)) = (db, want_db) {
-        assert_exact(&format!("{what} bias gradient"), db, want_db, &exact_db);
-    }
     let plain = conv.valid();
-    let xi = x.inner();
-    let got = cpu::conv3d(&plain, xi.clone());
-    let want = cpu::with_reference_ops(|| cpu::conv3d(&plain, xi));
-    assert_close(&format!("{what} (plain backend)"), got, want);
+    check_conv(
+        &what,
+        (&x, &g),
+        (&conv.weight, conv.bias.as_ref()),
+        |x| cpu::conv3d(&conv, x),
+        |x| cpu::conv3d(&plain, x),
+        (exact_dw, exact_db),
+    );
 }
 
 #[test]

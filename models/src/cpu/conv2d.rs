@@ -19,27 +19,17 @@
 //! CPU; that is what this replaces.
 
 use burn::{
-    backend::{
-        Flex,
-        autodiff::{
-            checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
-            grads::Gradients,
-            ops::{Backward, Ops, OpsKind},
-        },
-        flex::FlexTensor,
-        flex::Layout,
-    },
+    backend::{Flex, flex::FlexTensor, flex::Layout},
     nn::{PaddingConfig2d, conv::Conv2d},
     tensor::{Shape, Tensor, TensorPrimitive, backend::Backend, ops::FloatTensorOps},
 };
 use rayon::prelude::*;
 
-use super::simd::{sum_f64, vectorized};
 use super::tensor::{
     Routed, ad_primitive, cast, contiguous, dims, flex_primitive, flex_tensor, from_vec,
     recycle_tensor, route, scratch, values,
 };
-use super::winograd;
+use super::{conv_op, winograd};
 
 /// Column-matrix floats per block of output rows (1 MiB, an L2 cache: 4x larger and 2x smaller
 /// blocks both measured slower on the VQ-VAE step).
@@ -80,24 +70,7 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
                 b.as_ref().map(|b| &b.primitive),
                 &geom,
             );
-            let out = match b {
-                Some(b) => match ConvBackward
-                    .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
-                    .compute_bound()
-                    .stateful()
-                {
-                    OpsKind::Tracked(prep) => prep.finish((x.primitive, w.primitive, geom), out),
-                    OpsKind::UnTracked(prep) => prep.finish(out),
-                },
-                None => match ConvBackward
-                    .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
-                    .compute_bound()
-                    .stateful()
-                {
-                    OpsKind::Tracked(prep) => prep.finish((x.primitive, w.primitive, geom), out),
-                    OpsKind::UnTracked(prep) => prep.finish(out),
-                },
-            };
+            let out = conv_op::record(x, w, b, geom, out);
             cast(Tensor::<super::tensor::Cpu, 4>::from_primitive(
                 TensorPrimitive::Float(out),
             ))
@@ -637,23 +610,7 @@ fn backward(
             })
             .reduce(zero, |a, b| sum(a, Some(b))),
     };
-    let db = want_b.then(|| {
-        let sums: Vec<f32> = (0..g.co)
-            .into_par_iter()
-            .map(|c| {
-                (0..g.n)
-                    .map(|n| {
-                        let plane = &dys[(n * g.co + c) * p..][..p];
-                        vectorized(
-                            #[inline(always)]
-                            || sum_f64(plane, |v| v as f64),
-                        )
-                    })
-                    .sum::<f64>() as f32
-            })
-            .collect();
-        from_vec(sums, &[g.co])
-    });
+    let db = want_b.then(|| conv_op::bias_grad(dys, g.n, g.co, p));
     [
         dx_conv.or_else(|| dx.map(|v| from_vec(v, &[g.n, g.ci, g.h, g.w]))),
         dw_winograd
@@ -701,38 +658,15 @@ fn input_grad_as_conv(dy: &FlexTensor, w: &FlexTensor, g: &Geom) -> Option<FlexT
     Some(forward(dy, &wf, None, &gt))
 }
 
-/// The convolution's backward; parents `[x, weight]` or `[x, weight, bias]`.
-#[derive(Debug)]
-struct ConvBackward;
-
-fn conv_backward<const N: usize>(
-    ops: Ops<(FlexTensor, FlexTensor, Geom), N>,
-    grads: &mut Gradients,
-) {
-    let (x, w, geom) = &ops.state;
-    let dy = grads.consume::<Flex>(&ops.node);
-    let want: [bool; 3] = std::array::from_fn(|i| ops.parents.get(i).is_some_and(|p| p.is_some()));
-    let out = backward(x, w, &dy, geom, want);
-    for (parent, grad) in ops.parents.iter().zip(out) {
-        if let (Some(node), Some(grad)) = (parent, grad) {
-            grads.register::<Flex>(node.id, grad);
-        }
-    }
-}
-
-impl Backward<Flex, 3> for ConvBackward {
-    type State = (FlexTensor, FlexTensor, Geom);
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        conv_backward(ops, grads);
-    }
-}
-
-impl Backward<Flex, 2> for ConvBackward {
-    type State = (FlexTensor, FlexTensor, Geom);
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        conv_backward(ops, grads);
+impl conv_op::ConvGrads for Geom {
+    fn grads(
+        &self,
+        x: &FlexTensor,
+        w: &FlexTensor,
+        dy: &FlexTensor,
+        want: [bool; 3],
+    ) -> [Option<FlexTensor>; 3] {
+        backward(x, w, dy, self, want)
     }
 }
 

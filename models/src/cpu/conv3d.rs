@@ -13,22 +13,15 @@
 //! transposed convolution, barely parallel on the CPU.
 
 use burn::{
-    backend::{
-        Flex,
-        autodiff::{
-            checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
-            grads::Gradients,
-            ops::{Backward, Ops, OpsKind},
-        },
-        flex::FlexTensor,
-    },
+    backend::{Flex, flex::FlexTensor},
     nn::{PaddingConfig3d, conv::Conv3d},
     tensor::{Tensor, TensorPrimitive, backend::Backend, ops::FloatTensorOps},
 };
 use rayon::prelude::*;
 
+use super::conv_op;
 use super::conv2d::{inside, view};
-use super::simd::{sum_f64, vectorized};
+use super::simd::vectorized;
 use super::tensor::{
     Cpu, Routed, ad_primitive, cast, contiguous, dims, flex_primitive, flex_tensor, from_vec,
     recycle_tensor, route, scratch, scratch_tensor, values,
@@ -69,25 +62,7 @@ pub fn conv3d<B: Backend>(conv: &Conv3d<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
                 b.as_ref().map(|b| &b.primitive),
                 &geom,
             );
-            let state = (x.primitive, w.primitive, geom);
-            let out = match b {
-                Some(b) => match Conv3dBackward
-                    .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
-                    .compute_bound()
-                    .stateful()
-                {
-                    OpsKind::Tracked(prep) => prep.finish(state, out),
-                    OpsKind::UnTracked(prep) => prep.finish(out),
-                },
-                None => match Conv3dBackward
-                    .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
-                    .compute_bound()
-                    .stateful()
-                {
-                    OpsKind::Tracked(prep) => prep.finish(state, out),
-                    OpsKind::UnTracked(prep) => prep.finish(out),
-                },
-            };
+            let out = conv_op::record(x, w, b, geom, out);
             cast(Tensor::<Cpu, 5>::from_primitive(TensorPrimitive::Float(
                 out,
             )))
@@ -396,23 +371,7 @@ fn backward(
             .reduce(zero, sum),
         None => Vec::new(),
     };
-    let db = want_b.then(|| {
-        let sums: Vec<f32> = (0..g.co)
-            .into_par_iter()
-            .map(|c| {
-                (0..g.n)
-                    .map(|n| {
-                        let block = &dys[(n * g.co + c) * p..][..p];
-                        vectorized(
-                            #[inline(always)]
-                            || sum_f64(block, |v| v as f64),
-                        )
-                    })
-                    .sum::<f64>() as f32
-            })
-            .collect();
-        from_vec(sums, &[g.co])
-    });
+    let db = want_b.then(|| conv_op::bias_grad(dys, g.n, g.co, p));
     let [kt, kh, kw] = g.kernel;
     let [t, h, w] = g.size;
     [
@@ -422,38 +381,15 @@ fn backward(
     ]
 }
 
-/// The convolution's backward; parents `[x, weight]` or `[x, weight, bias]`.
-#[derive(Debug)]
-struct Conv3dBackward;
-
-fn conv_backward<const N: usize>(
-    ops: Ops<(FlexTensor, FlexTensor, Geom), N>,
-    grads: &mut Gradients,
-) {
-    let (x, w, geom) = &ops.state;
-    let dy = grads.consume::<Flex>(&ops.node);
-    let want: [bool; 3] = std::array::from_fn(|i| ops.parents.get(i).is_some_and(|p| p.is_some()));
-    let out = backward(x, w, &dy, geom, want);
-    for (parent, grad) in ops.parents.iter().zip(out) {
-        if let (Some(node), Some(grad)) = (parent, grad) {
-            grads.register::<Flex>(node.id, grad);
-        }
-    }
-}
-
-impl Backward<Flex, 3> for Conv3dBackward {
-    type State = (FlexTensor, FlexTensor, Geom);
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        conv_backward(ops, grads);
-    }
-}
-
-impl Backward<Flex, 2> for Conv3dBackward {
-    type State = (FlexTensor, FlexTensor, Geom);
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        conv_backward(ops, grads);
+impl conv_op::ConvGrads for Geom {
+    fn grads(
+        &self,
+        x: &FlexTensor,
+        w: &FlexTensor,
+        dy: &FlexTensor,
+        want: [bool; 3],
+    ) -> [Option<FlexTensor>; 3] {
+        backward(x, w, dy, self, want)
     }
 }
 

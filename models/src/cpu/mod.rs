@@ -15,6 +15,7 @@
 mod activation;
 mod conv2d;
 mod conv3d;
+mod conv_op;
 mod group_norm;
 mod pool;
 mod simd;
