@@ -29,7 +29,7 @@ use super::tensor::{
     Routed, ad_primitive, cast, contiguous, dims, flex_primitive, flex_tensor, from_vec,
     recycle_tensor, route, scratch, values,
 };
-use super::{conv_op, winograd};
+use super::{conv_op, reduce, winograd};
 
 /// Column-matrix floats per block of output rows (1 MiB, an L2 cache: 4x larger and 2x smaller
 /// blocks both measured slower on the VQ-VAE step).
@@ -219,10 +219,11 @@ impl Geom {
 
     /// Samples per parallel task: tiny samples go several to one batched GEMM (a GEMM call
     /// per sample would be mostly call overhead) while the group's columns stay cache-sized
-    /// ([`GROUP_FLOATS`]: larger groups measured slower), leaving four tasks per thread.
+    /// ([`GROUP_FLOATS`]: larger groups measured slower), at most [`reduce::SLOTS`] tasks (a
+    /// function of the batch only, so the weight gradient's summation order is fixed).
     fn group(&self) -> usize {
         let per_sample = (self.k() * self.oh * self.row_width()).max(1);
-        let by_balance = self.n.div_ceil(4 * rayon::current_num_threads()).max(1);
+        let by_balance = reduce::samples_per_task(self.n);
         (GROUP_FLOATS / per_sample).min(by_balance).max(1)
     }
 }
@@ -502,9 +503,10 @@ fn backward(
     let wt = weight_matrix(w, g).transpose(1, 2); // [1, K, co]
     let plane = g.ci * g.h * g.w;
     let group = g.group();
-    // Samples s0..s0 + ns: writes their input gradient, returns their weight gradient.
-    let task = |s0: usize, ns: usize, dx: Option<&mut [f32]>| -> Option<Vec<f32>> {
-        let mut dw = want_w.then(|| vec![0f32; g.co * k]);
+    // Samples s0..s0 + ns: writes their input gradient, adds their weight gradient into `dw`
+    // (sample by sample, block by block: a fixed order).
+    let task = |s0: usize, ns: usize, dx: Option<&mut [f32]>, dw: &mut [f32]| {
+        let mut dw = want_w.then_some(dw);
         let mut dx = dx;
         let mut slab = vec![
             0f32;
@@ -551,9 +553,7 @@ fn backward(
                     cols.recycle();
                     let part = contiguous(&part);
                     for part in values(&part).chunks(g.co * k) {
-                        for (a, v) in dw.iter_mut().zip(part) {
-                            *a += v;
-                        }
+                        reduce::add_into(dw, part);
                     }
                 }
             }
@@ -580,35 +580,20 @@ fn backward(
                 }
             }
         }
-        dw
     };
-    let sum = |mut a: Vec<f32>, b: Option<Vec<f32>>| {
-        if let Some(b) = b {
-            for (a, b) in a.iter_mut().zip(b) {
-                *a += b;
-            }
-        }
-        a
-    };
-    let zero = || vec![0f32; if want_w { g.co * k } else { 0 }];
+    // Tasks of `group` samples (a function of the batch, not of the thread count), summed in a
+    // fixed order: the same bits on any number of threads.
+    let n_tasks = g.n.div_ceil(group);
+    let len = if want_w { g.co * k } else { 0 };
     let mut dx = want_x.then(|| vec![0f32; g.n * plane]);
-    let dw = match dx.as_mut() {
-        _ if !want_x && !want_w => Vec::new(),
-        Some(dx) => dx
-            .par_chunks_mut((group * plane).max(1))
-            .enumerate()
-            .fold(zero, |acc, (t, d)| {
-                let ns = d.len() / plane.max(1);
-                sum(acc, task(t * group, ns, Some(d)))
-            })
-            .reduce(zero, |a, b| sum(a, Some(b))),
-        None => (0..g.n.div_ceil(group))
-            .into_par_iter()
-            .fold(zero, |acc, t| {
-                let s0 = t * group;
-                sum(acc, task(s0, group.min(g.n - s0), None))
-            })
-            .reduce(zero, |a, b| sum(a, Some(b))),
+    let dw = if !want_x && !want_w {
+        Vec::new()
+    } else {
+        let out = dx.as_deref_mut().map(|dx| (dx, group * plane));
+        reduce::ordered_sum(n_tasks, len, out, |t, d, acc| {
+            let s0 = t * group;
+            task(s0, group.min(g.n - s0), d, acc)
+        })
     };
     let db = want_b.then(|| conv_op::bias_grad(dys, g.n, g.co, p));
     [

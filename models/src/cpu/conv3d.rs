@@ -19,13 +19,12 @@ use burn::{
 };
 use rayon::prelude::*;
 
-use super::conv_op;
 use super::conv2d::{inside, view};
-use super::simd::vectorized;
 use super::tensor::{
     Cpu, Routed, ad_primitive, cast, contiguous, dims, flex_primitive, flex_tensor, from_vec,
     recycle_tensor, route, scratch, scratch_tensor, values,
 };
+use super::{conv_op, reduce};
 
 /// Column-matrix floats per block of output rows (1 MiB).
 const BLOCK_FLOATS: usize = 1 << 18;
@@ -319,9 +318,8 @@ fn backward(
     let (k, p, ow) = (g.k(), g.p(), g.out[2]);
     let wt = weight_matrix(w, g).transpose(1, 2); // [1, K, co]
     let plane = g.ci * g.volume();
-    // One sample: adds its input gradient into `dx`, returns its weight gradient.
-    let task = |s: usize, mut dx: Option<&mut [f32]>| -> Vec<f32> {
-        let mut dw = vec![0f32; if want_w { g.co * k } else { 0 }];
+    // One sample: adds its input gradient into `dx`, its weight gradient into `dw`.
+    let task = |s: usize, mut dx: Option<&mut [f32]>, dw: &mut [f32]| {
         for (r0, rows) in g.blocks() {
             let n = rows * ow;
             let dy_b = view(&dy, [1, g.co, n], g.co * p, p, s * g.co * p + r0 * ow);
@@ -334,14 +332,7 @@ fn backward(
                 let part = Flex::float_matmul(dy_b.clone(), cols_t); // [1, co, K]
                 recycle_tensor(full);
                 let part = contiguous(&part);
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (a, v) in dw.iter_mut().zip(values(&part)) {
-                            *a += v;
-                        }
-                    },
-                );
+                reduce::add_into(dw, values(&part));
             }
             if let Some(dx) = dx.as_deref_mut() {
                 let dcols = Flex::float_matmul(wt.clone(), dy_b); // [1, K, n]
@@ -349,27 +340,15 @@ fn backward(
                 col2vol(values(&dcols), g, r0, rows, dx);
             }
         }
-        dw
     };
-    let sum = |mut a: Vec<f32>, b: Vec<f32>| {
-        for (a, b) in a.iter_mut().zip(b) {
-            *a += b;
-        }
-        a
-    };
-    let zero = || vec![0f32; if want_w { g.co * k } else { 0 }];
+    // One task per sample, summed in sample order whatever the thread count.
+    let len = if want_w { g.co * k } else { 0 };
     let mut dx = want_x.then(|| vec![0f32; g.n * plane]);
-    let dw = match dx.as_mut() {
-        Some(dx) => dx
-            .par_chunks_mut(plane.max(1))
-            .enumerate()
-            .fold(zero, |acc, (s, d)| sum(acc, task(s, Some(d))))
-            .reduce(zero, sum),
-        None if want_w => (0..g.n)
-            .into_par_iter()
-            .fold(zero, |acc, s| sum(acc, task(s, None)))
-            .reduce(zero, sum),
-        None => Vec::new(),
+    let dw = if want_x || want_w {
+        let out = dx.as_deref_mut().map(|dx| (dx, plane));
+        reduce::ordered_sum(g.n, len, out, |s, d, acc| task(s, d, acc))
+    } else {
+        Vec::new()
     };
     let db = want_b.then(|| conv_op::bias_grad(dys, g.n, g.co, p));
     let [kt, kh, kw] = g.kernel;

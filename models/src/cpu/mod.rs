@@ -18,6 +18,7 @@ mod conv3d;
 mod conv_op;
 mod group_norm;
 mod pool;
+mod reduce;
 mod simd;
 mod tensor;
 mod upsample;

@@ -26,6 +26,7 @@ use burn::{
 use rayon::prelude::*;
 
 use super::conv2d::Geom;
+use super::reduce;
 use super::simd::vectorized;
 use super::tensor::{
     contiguous, from_vec, recycle, recycle_tensor, scratch, scratch_tensor, values,
@@ -62,8 +63,9 @@ struct Tiles {
 impl Tiles {
     fn new(g: &Geom) -> Self {
         let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
-        // Four tasks per thread when the batch allows it.
-        let group = g.n.div_ceil(4 * rayon::current_num_threads()).max(1);
+        // A fixed number of tasks (not per thread): the blocks, and so the weight gradient's
+        // summation order, depend on the problem only.
+        let group = reduce::samples_per_task(g.n);
         let per_row = 16 * g.ci.max(g.co) * tw;
         let rows = (BLOCK_FLOATS / per_row.max(1)).clamp(1, (group * th).max(1));
         Self {
@@ -126,47 +128,30 @@ pub(super) fn weight_grad(x: &FlexTensor, dy: &FlexTensor, g: &Geom) -> Vec<f32>
     let dys = values(&dy);
     let t = Tiles::new(g);
     let size = 16 * g.co * g.ci;
-    let zero = || vec![0f32; size];
-    let du = (0..g.n.div_ceil(t.group))
-        .into_par_iter()
-        .fold(zero, |mut acc, task| {
-            let s0 = task * t.group;
-            let ns = t.group.min(g.n - s0);
-            for (r0, rows) in t.blocks(ns) {
-                let tiles = rows * t.tw;
-                let (lv, ldm) = (16 * g.ci * tiles, 16 * g.co * tiles);
-                let mut v = scratch(lv);
-                input_transform(xs, g, &t, s0, r0, rows, &mut v[..lv]);
-                let mut dm = scratch(ldm);
-                grad_transform(dys, g, &t, s0, r0, rows, &mut dm[..ldm]);
-                let (v, v_view) = scratch_tensor(v, &[16, g.ci, tiles]);
-                let (dm, dm_view) = scratch_tensor(dm, &[16, g.co, tiles]);
-                // [16, co, tiles] x [16, tiles, ci] -> [16, co, ci]
-                // (`transpose` shares the buffer: drop the view so the buffer is handed back
-                // without a copy.)
-                let v_t = v_view.transpose(1, 2);
-                drop(v_view);
-                let part = Flex::float_matmul(dm_view, v_t);
-                recycle_tensor(v);
-                recycle_tensor(dm);
-                let part = contiguous(&part);
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (a, p) in acc.iter_mut().zip(values(&part)) {
-                            *a += p;
-                        }
-                    },
-                );
-            }
-            acc
-        })
-        .reduce(zero, |mut a, b| {
-            for (a, b) in a.iter_mut().zip(b) {
-                *a += b;
-            }
-            a
-        });
+    let du = reduce::ordered_sum(g.n.div_ceil(t.group), size, None, |task, _, acc| {
+        let s0 = task * t.group;
+        let ns = t.group.min(g.n - s0);
+        for (r0, rows) in t.blocks(ns) {
+            let tiles = rows * t.tw;
+            let (lv, ldm) = (16 * g.ci * tiles, 16 * g.co * tiles);
+            let mut v = scratch(lv);
+            input_transform(xs, g, &t, s0, r0, rows, &mut v[..lv]);
+            let mut dm = scratch(ldm);
+            grad_transform(dys, g, &t, s0, r0, rows, &mut dm[..ldm]);
+            let (v, v_view) = scratch_tensor(v, &[16, g.ci, tiles]);
+            let (dm, dm_view) = scratch_tensor(dm, &[16, g.co, tiles]);
+            // [16, co, tiles] x [16, tiles, ci] -> [16, co, ci]
+            // (`transpose` shares the buffer: drop the view so the buffer is handed back
+            // without a copy.)
+            let v_t = v_view.transpose(1, 2);
+            drop(v_view);
+            let part = Flex::float_matmul(dm_view, v_t);
+            recycle_tensor(v);
+            recycle_tensor(dm);
+            let part = contiguous(&part);
+            reduce::add_into(acc, values(&part));
+        }
+    });
     let dw = weight_grad_transform(&du, g);
     recycle(du);
     dw
