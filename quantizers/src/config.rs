@@ -45,6 +45,9 @@ pub struct ResidualConfig {
     pub depth: Option<usize>,
 }
 
+/// The most levels a residual stack accepts.
+pub const MAX_LEVELS: usize = 64;
+
 impl ResidualConfig {
     /// The levels after expanding `depth`.
     pub fn expanded(&self) -> Result<Vec<QuantizerConfig>, QuantizerError> {
@@ -53,8 +56,16 @@ impl ResidualConfig {
                 "layers",
                 "a residual stack needs at least one layer",
             )),
-            (None, layers) => Ok(layers.to_vec()),
             (Some(0), _) => Err(QuantizerError::config("depth", "must be at least 1")),
+            (Some(depth), _) if depth > MAX_LEVELS => Err(QuantizerError::config(
+                "depth",
+                format!("must be at most {MAX_LEVELS}, got {depth}"),
+            )),
+            (None, layers) if layers.len() > MAX_LEVELS => Err(QuantizerError::config(
+                "layers",
+                format!("at most {MAX_LEVELS} levels, got {}", layers.len()),
+            )),
+            (None, layers) => Ok(layers.to_vec()),
             (Some(depth), [one]) => Ok((0..depth)
                 .map(|l| match one {
                     QuantizerConfig::Vq(vq) => {

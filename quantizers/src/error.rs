@@ -35,12 +35,12 @@ impl QuantizerError {
     }
 }
 
-/// `v >= 0` and not NaN.
+/// `v >= 0` and finite (not NaN, not infinite).
 pub(crate) fn non_negative(v: f32) -> bool {
-    v >= 0.0
+    v >= 0.0 && v.is_finite()
 }
 
-/// `v > 0` and not NaN.
+/// `v > 0` and finite (not NaN, not infinite).
 pub(crate) fn positive(v: f32) -> bool {
-    v > 0.0
+    v > 0.0 && v.is_finite()
 }

@@ -29,6 +29,7 @@ mod quantizer;
 mod residual;
 mod search;
 pub mod shapes;
+mod usage;
 mod vq;
 
 pub use any::{AnyQuantizer, LevelQuantizer};
@@ -38,10 +39,11 @@ pub use estimator::{Estimator, NORM_EPS};
 pub use fsq::{Fsq, FsqConfig};
 pub use lfq::{Lfq, LfqConfig, MAX_LFQ_BITS};
 pub use quantizer::{
-    BatchEntropy, EmaStats, LossTerm, Mode, QuantOut, QuantRng, Quantizer, StatsReport, Usage,
+    BatchEntropy, EmaStats, LossTerm, Mode, QuantOut, QuantRng, Quantizer, StatsReport,
 };
 pub use residual::ResidualQuantizer;
 pub use search::{Distance, SCORE_BUDGET, nearest};
+pub use usage::{Usage, UsageTally};
 pub use vq::{CodebookLearning, VectorQuantizer, VqConfig};
 
 /// The CPU training backend used by tests and CPU runs.

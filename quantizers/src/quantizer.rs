@@ -15,7 +15,7 @@
 
 use burn::tensor::{Int, Tensor, backend::Backend};
 
-use crate::QuantizerError;
+use crate::{QuantizerError, Usage};
 
 /// The random number generator that drives dead-code restart and k-means initialization.
 /// Explicit and seedable, so that every process of a data-parallel run makes the same choice and a
@@ -135,66 +135,6 @@ impl<B: Backend> BatchEntropy<B> {
 /// `H(p) = -sum p ln(max(p, 1e-5))` over the last dimension (vector-quantize-pytorch's clamp).
 pub(crate) fn entropy<B: Backend, const D: usize>(p: Tensor<B, D>) -> Tensor<B, D> {
     (p.clone() * p.clamp_min(1e-5).log()).sum_dim(D - 1).neg()
-}
-
-/// Codebook usage of one forward, as device scalars `[1]` (read them only when logging).
-#[derive(Debug, Clone)]
-pub struct Usage<B: Backend> {
-    /// Fraction of the codebook used by this batch (mean over levels for residual stacks).
-    pub used_fraction: Tensor<B, 1>,
-    /// `exp(H(code histogram))` (mean over levels).
-    pub perplexity: Tensor<B, 1>,
-    /// Mean over latents of `||e - q||^2`, in the space where codes are looked up.
-    pub quant_error: Tensor<B, 1>,
-}
-
-impl<B: Backend> Usage<B> {
-    /// Usage from a code histogram `[K]` and per-latent squared errors.
-    pub(crate) fn from_counts(counts: Tensor<B, 1>, sq_err: Tensor<B, 1>) -> Self {
-        let [k] = counts.dims();
-        let total = counts.clone().sum().clamp_min(1.0);
-        let used_fraction = counts.clone().greater_elem(0.0).float().sum() / (k as f32);
-        let p = counts / total;
-        let perplexity = entropy(p).exp();
-        Self {
-            used_fraction,
-            perplexity,
-            quant_error: sq_err.mean(),
-        }
-    }
-
-    /// Mean of several levels' usage (quant error: the caller's own).
-    pub(crate) fn mean_of(levels: Vec<Usage<B>>, quant_error: Tensor<B, 1>) -> Self {
-        let n = levels.len().max(1) as f32;
-        let mut used = Vec::new();
-        let mut ppl = Vec::new();
-        for u in levels {
-            used.push(u.used_fraction);
-            ppl.push(u.perplexity);
-        }
-        Self {
-            used_fraction: Tensor::cat(used, 0).sum() / n,
-            perplexity: Tensor::cat(ppl, 0).sum() / n,
-            quant_error,
-        }
-    }
-
-    /// Host values `(used_fraction, perplexity, quant_error)`.
-    pub fn to_host(&self) -> (f32, f32, f32) {
-        let v = Tensor::cat(
-            vec![
-                self.used_fraction.clone(),
-                self.perplexity.clone(),
-                self.quant_error.clone(),
-            ],
-            0,
-        )
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("f32 data");
-        (v[0], v[1], v[2])
-    }
 }
 
 /// Everything a forward pass of a quantizer returns.

@@ -59,18 +59,17 @@ impl<B: Backend> Quantizer<B> for ResidualQuantizer<B> {
             usages.push(out.usage);
         }
         let quantized = quantized.expect("a residual stack has at least one level");
-        let quant_error = (latents.detach() - quantized.clone().detach())
+        let sq_err = (latents.detach() - quantized.clone().detach())
             .powi_scalar(2)
             .sum_dim(1)
-            .reshape([n])
-            .mean();
+            .reshape([n]);
         QuantOut {
             quantized,
             indices: Tensor::cat(indices, 1),
             losses,
             batch_entropy,
             stats,
-            usage: Usage::mean_of(usages, quant_error),
+            usage: Usage::mean_of(usages, sq_err),
         }
     }
 

@@ -123,6 +123,12 @@ fn default_kmeans_iters() -> usize {
     10
 }
 
+/// The largest codebook a VQ layer accepts (2^24 codes, as FSQ's limit).
+pub const MAX_CODEBOOK_SIZE: usize = 1 << 24;
+
+/// The widest code vector a VQ layer accepts.
+pub const MAX_CODE_WIDTH: usize = 65_536;
+
 impl VqConfig {
     /// A config with the defaults of vector-quantize-pytorch (EMA 0.8, rotation trick).
     pub fn new(dim: usize, codebook_size: usize) -> Self {
@@ -157,6 +163,32 @@ impl VqConfig {
                 "must be at least 1",
             ));
         }
+        if self.codebook_size > MAX_CODEBOOK_SIZE {
+            return Err(QuantizerError::config(
+                "codebook_size",
+                format!(
+                    "must be at most 2^24 = {MAX_CODEBOOK_SIZE}, got {}",
+                    self.codebook_size
+                ),
+            ));
+        }
+        for (key, v) in [("dim", Some(self.dim)), ("codebook_dim", self.codebook_dim)] {
+            if let Some(v) = v
+                && v > MAX_CODE_WIDTH
+            {
+                return Err(QuantizerError::config(
+                    key,
+                    format!("must be at most {MAX_CODE_WIDTH}, got {v}"),
+                ));
+            }
+        }
+        let floats = self.codebook_size as u128 * self.codebook_dim.unwrap_or(self.dim) as u128;
+        if floats > 1 << 31 {
+            return Err(QuantizerError::config(
+                "codebook_size",
+                format!("codebook_size x code width = {floats} values is too large (at most 2^31)"),
+            ));
+        }
         if self.codebook_dim == Some(0) {
             return Err(QuantizerError::config(
                 "codebook_dim",
@@ -178,13 +210,13 @@ impl VqConfig {
                 if !positive(*eps) {
                     return Err(QuantizerError::config(
                         "codebook.eps",
-                        format!("must be > 0, got {eps}"),
+                        format!("must be finite and > 0, got {eps}"),
                     ));
                 }
                 if !non_negative(*init_cluster_size) {
                     return Err(QuantizerError::config(
                         "codebook.init_cluster_size",
-                        format!("must be >= 0, got {init_cluster_size}"),
+                        format!("must be finite and >= 0, got {init_cluster_size}"),
                     ));
                 }
             }
@@ -192,7 +224,7 @@ impl VqConfig {
                 if !non_negative(*beta) {
                     return Err(QuantizerError::config(
                         "codebook.beta",
-                        format!("must be >= 0, got {beta}"),
+                        format!("must be finite and >= 0, got {beta}"),
                     ));
                 }
                 if self.dead_code_threshold > 0.0 {
@@ -206,13 +238,13 @@ impl VqConfig {
         if !non_negative(self.commitment_weight) {
             return Err(QuantizerError::config(
                 "commitment_weight",
-                format!("must be >= 0, got {}", self.commitment_weight),
+                format!("must be finite and >= 0, got {}", self.commitment_weight),
             ));
         }
         if !non_negative(self.dead_code_threshold) {
             return Err(QuantizerError::config(
                 "dead_code_threshold",
-                format!("must be >= 0, got {}", self.dead_code_threshold),
+                format!("must be finite and >= 0, got {}", self.dead_code_threshold),
             ));
         }
         if self.kmeans_init && self.kmeans_iters == 0 {

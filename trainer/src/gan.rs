@@ -45,6 +45,51 @@ pub struct GanLogs {
     pub logits_fake: f32,
 }
 
+impl GanLogs {
+    /// Number of fields in [`GanLogs::values`].
+    pub(crate) const FIELDS: usize = 8;
+
+    /// The fields in declaration order (for an all-reduce).
+    pub(crate) fn values(&self) -> [f32; Self::FIELDS] {
+        [
+            self.l1,
+            self.perceptual,
+            self.nll,
+            self.g,
+            self.d_weight,
+            self.disc_loss,
+            self.logits_real,
+            self.logits_fake,
+        ]
+    }
+
+    /// Sets the fields from [`GanLogs::values`]' order.
+    pub(crate) fn set_values(&mut self, v: &[f32]) {
+        if let [
+            l1,
+            perceptual,
+            nll,
+            g,
+            d_weight,
+            disc_loss,
+            logits_real,
+            logits_fake,
+        ] = *v
+        {
+            *self = Self {
+                l1,
+                perceptual,
+                nll,
+                g,
+                d_weight,
+                disc_loss,
+                logits_real,
+                logits_fake,
+            };
+        }
+    }
+}
+
 /// A micro-batch's real images and (detached) reconstructions.
 pub(crate) type RealFake<B> = (
     Tensor<<B as AutodiffBackend>::InnerBackend, 4>,

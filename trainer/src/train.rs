@@ -23,7 +23,7 @@ use burn::{
     tensor::{Tensor, TensorData, backend::AutodiffBackend},
 };
 use models::Autoencoder;
-use quantizers::{EmaStats, Mode, QuantRng, Quantizer, shapes};
+use quantizers::{EmaStats, Mode, QuantRng, Quantizer, UsageTally, shapes};
 use rand::SeedableRng;
 use serde_json::json;
 
@@ -92,6 +92,18 @@ pub struct StepStats {
     pub terms: Vec<(&'static str, f32)>,
     /// GAN terms (VQGAN objective).
     pub gan: Option<GanLogs>,
+    /// Code histograms and squared errors of the step's batch (this process's micro-batches;
+    /// at logging steps, the global batch's).
+    pub usage: UsageTally,
+}
+
+impl StepStats {
+    /// Usage, perplexity and quantization error from the tally of code histograms.
+    fn set_usage_figures(&mut self) {
+        self.used_fraction = self.usage.used_fraction() as f32;
+        self.perplexity = self.usage.perplexity() as f32;
+        self.quant_error = self.usage.quant_error() as f32;
+    }
 }
 
 /// Validation results.
@@ -174,8 +186,17 @@ impl<B: AutodiffBackend> Trainer<B> {
                 reason: "this run already has checkpoints: continue it with `--resume auto`, or choose another run.name".into(),
             });
         }
-        std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io(&run_dir, e))?;
         let (train_set, val_set, channels) = open_datasets(&cfg.data)?;
+        if cfg.run.batch_size > train_set.len() {
+            return Err(TrainError::Data(format!(
+                "key `run.batch_size` = {} (the global batch) is larger than the training set \
+                 ({} images in {}): lower run.batch_size",
+                cfg.run.batch_size,
+                train_set.len(),
+                train_set.describe()
+            )));
+        }
+        std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io(&run_dir, e))?;
         tracing::info!(
             "train data: {}; validation: {}",
             train_set.describe(),
@@ -398,7 +419,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             opts,
             self.cursor,
         );
-        let bar = (self.comm.rank() == 0 && std::io::stderr().is_terminal()).then(|| {
+        // A progress bar redraws itself with escape codes: only on a terminal, and not when
+        // NO_COLOR asks for plain output (then the logged lines show progress).
+        let plain = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let bar = (self.comm.rank() == 0 && std::io::stderr().is_terminal() && !plain).then(|| {
             let bar = indicatif::ProgressBar::new(last_step as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -427,6 +451,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 ));
             }
             if self.step.is_multiple_of(self.cfg.run.log_every) || self.step == last_step {
+                let mut stats = stats;
+                self.globalize(&mut stats)?;
                 let secs = window.0.elapsed().as_secs_f64();
                 let images = (window.1 * batch.shape[0] * world) as f64;
                 let mut record = json!({
@@ -607,10 +633,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     None => out.terms.push((term.name, v)),
                 }
             }
-            let (used, ppl, qe) = fwd.encoded.quant.usage.to_host();
-            out.used_fraction += used / accumulate as f32;
-            out.perplexity += ppl / accumulate as f32;
-            out.quant_error += qe / accumulate as f32;
+            out.usage.add(&fwd.encoded.quant.usage.tally());
             let grads = (backprop + quant / accumulate as f32).backward();
             accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
             let stats: Vec<EmaStats<B::InnerBackend>> = fwd
@@ -680,7 +703,43 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.model = Some(model);
         self.step += 1;
         self.cursor += self.cfg.run.batch_size as u64;
+        out.set_usage_figures();
         Ok(out)
+    }
+
+    /// Turns this process's step statistics into the global batch's: losses averaged over
+    /// processes (every process's batch is the same size), code histograms and squared errors
+    /// summed, usage recomputed from the sums. One all-reduce; called at logging steps only.
+    fn globalize(&mut self, stats: &mut StepStats) -> Result<(), TrainError> {
+        let world = self.comm.world_size();
+        if world == 1 {
+            return Ok(());
+        }
+        let mut buf: Vec<f32> = vec![stats.loss, stats.rec, stats.quant];
+        buf.extend(stats.terms.iter().map(|(_, v)| *v));
+        if let Some(g) = &stats.gan {
+            buf.extend(g.values());
+        }
+        let scalars = buf.len();
+        buf.extend(stats.usage.to_flat().into_iter().map(|v| v as f32));
+        self.comm.all_reduce_sum(&mut buf)?;
+        let mean: Vec<f32> = buf[..scalars].iter().map(|v| v / world as f32).collect();
+        let mut it = mean.into_iter();
+        let mut next = || it.next().unwrap_or(0.0);
+        stats.loss = next();
+        stats.rec = next();
+        stats.quant = next();
+        for (_, v) in &mut stats.terms {
+            *v = next();
+        }
+        if let Some(g) = &mut stats.gan {
+            let v: Vec<f32> = (0..GanLogs::FIELDS).map(|_| next()).collect();
+            g.set_values(&v);
+        }
+        let usage: Vec<f64> = buf[scalars..].iter().map(|&v| v as f64).collect();
+        stats.usage.set_flat(&usage);
+        stats.set_usage_figures();
+        Ok(())
     }
 
     /// Evaluates on up to `run.val_batches` batches of the validation set (center crops, eval
