@@ -34,7 +34,7 @@ impl AutoencoderKind {
     pub fn validate(&self) -> Result<(), ModelError> {
         match self {
             Self::VqModel(c) => c.validate(),
-            Self::Peer(c) => c.quantizer.validate().map_err(Into::into),
+            Self::Peer(c) => c.validate(),
         }
     }
 

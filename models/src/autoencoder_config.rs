@@ -46,6 +46,9 @@ fn yes() -> bool {
     true
 }
 
+/// The widest feature map (channels) an autoencoder level accepts.
+pub const MAX_CHANNELS: usize = 8192;
+
 impl AutoencoderConfig {
     /// Checks the architecture; the error names the key.
     pub fn validate(&self) -> Result<(), ModelError> {
@@ -64,8 +67,30 @@ impl AutoencoderConfig {
                 "needs at least one level, all >= 1",
             ));
         }
-        if self.num_res_blocks == 0 {
-            return Err(ModelError::config("num_res_blocks", "must be at least 1"));
+        if self.ch_mult.len() > 16 {
+            return Err(ModelError::config(
+                "ch_mult",
+                format!("at most 16 levels, got {}", self.ch_mult.len()),
+            ));
+        }
+        if let Some(m) = self
+            .ch_mult
+            .iter()
+            .find(|&&m| self.ch.checked_mul(m).is_none_or(|c| c > MAX_CHANNELS))
+        {
+            return Err(ModelError::config(
+                "ch_mult",
+                format!(
+                    "ch x ch_mult must be at most {MAX_CHANNELS} channels, got {} x {m}",
+                    self.ch
+                ),
+            ));
+        }
+        if self.num_res_blocks == 0 || self.num_res_blocks > 64 {
+            return Err(ModelError::config(
+                "num_res_blocks",
+                format!("must be in 1..=64, got {}", self.num_res_blocks),
+            ));
         }
         let factor = 1usize << (self.ch_mult.len() - 1);
         if self.resolution == 0 || !self.resolution.is_multiple_of(factor) {
@@ -78,10 +103,40 @@ impl AutoencoderConfig {
                 ),
             ));
         }
-        if self.z_channels == 0 || self.in_channels == 0 || self.out_ch == 0 {
+        for (key, v, max) in [
+            ("z_channels", self.z_channels, MAX_CHANNELS),
+            ("in_channels", self.in_channels, 4),
+            ("out_ch", self.out_ch, 4),
+        ] {
+            if v == 0 || v > max {
+                return Err(ModelError::config(
+                    key,
+                    format!("must be in 1..={max}, got {v}"),
+                ));
+            }
+        }
+        if self.out_ch != self.in_channels {
             return Err(ModelError::config(
-                "z_channels",
-                "channel counts must be at least 1",
+                "out_ch",
+                format!(
+                    "must equal in_channels = {} (the reconstruction is compared with the input), got {}",
+                    self.in_channels, self.out_ch
+                ),
+            ));
+        }
+        if self.double_z {
+            return Err(ModelError::config(
+                "double_z",
+                "must be false for a VQ autoencoder (true is the KL autoencoder's mean and variance)",
+            ));
+        }
+        let levels: Vec<usize> = (0..self.ch_mult.len())
+            .map(|i| self.resolution >> i)
+            .collect();
+        if let Some(r) = self.attn_resolutions.iter().find(|r| !levels.contains(r)) {
+            return Err(ModelError::config(
+                "attn_resolutions",
+                format!("{r} is not the resolution of a level (the levels are {levels:?})"),
             ));
         }
         if !(0.0..1.0).contains(&self.dropout) {

@@ -72,20 +72,43 @@ impl DiscriminatorConfig {
         }
     }
 
+    /// Checks the sizes; the error names the key.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.n_layers == 0 || self.n_layers > 8 {
+            return Err(ModelError::config(
+                "n_layers",
+                format!("must be in 1..=8, got {}", self.n_layers),
+            ));
+        }
+        if self.ndf == 0 || self.ndf > 4096 {
+            return Err(ModelError::config(
+                "ndf",
+                format!("must be in 1..=4096, got {}", self.ndf),
+            ));
+        }
+        if self.in_channels == 0 || self.in_channels > 4 {
+            return Err(ModelError::config(
+                "in_channels",
+                format!("must be in 1..=4, got {}", self.in_channels),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The side of the patch logits for images of side `resolution` (0: too small).
+    pub fn output_side(&self, resolution: usize) -> usize {
+        // n_layers stride-2 4x4 convolutions (padding 1) halve the side, then two stride-1 4x4
+        // convolutions (padding 1) take one pixel each.
+        let side = (0..self.n_layers).fold(resolution, |s, _| s / 2);
+        side.saturating_sub(2)
+    }
+
     /// Builds it.
     pub fn init<B: Backend>(
         &self,
         device: &B::Device,
     ) -> Result<NLayerDiscriminator<B>, ModelError> {
-        if self.n_layers == 0 {
-            return Err(ModelError::config("n_layers", "must be at least 1"));
-        }
-        if self.ndf == 0 || self.in_channels == 0 {
-            return Err(ModelError::config(
-                "ndf",
-                "channel counts must be at least 1",
-            ));
-        }
+        self.validate()?;
         B::seed(device, self.seed);
         let conv = |c_in: usize, c_out: usize, stride: usize, bias: bool| -> Conv2d<B> {
             Conv2dConfig::new([c_in, c_out], [4, 4])

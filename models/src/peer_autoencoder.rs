@@ -38,15 +38,27 @@ fn sixteen() -> usize {
 }
 
 impl PeerAutoencoderConfig {
-    /// Builds the network.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<PeerAutoencoder<B>, ModelError> {
-        if self.in_channels == 0 || self.hidden == 0 {
+    /// Checks the channel counts and the quantizer; the error names the key.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.in_channels == 0 || self.in_channels > 4 {
+            return Err(ModelError::config(
+                "in_channels",
+                format!("must be in 1..=4, got {}", self.in_channels),
+            ));
+        }
+        if self.hidden == 0 || self.hidden > 4096 {
             return Err(ModelError::config(
                 "hidden",
-                "channel counts must be at least 1",
+                format!("must be in 1..=4096, got {}", self.hidden),
             ));
         }
         self.quantizer.validate()?;
+        Ok(())
+    }
+
+    /// Builds the network.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<PeerAutoencoder<B>, ModelError> {
+        self.validate()?;
         let d = self.quantizer.input_dim();
         Ok(PeerAutoencoder {
             enc1: conv(self.in_channels, self.hidden, 3, 1, 1, device),

@@ -307,10 +307,11 @@ impl TrainConfig {
                 .map_err(|e| err(format!("override `{o}`: {e}")))?;
         }
         let merged = builder.build().map_err(|e| err(e.to_string()))?;
-        let cfg: TrainConfig = serde_path_to_error::deserialize(merged).map_err(|e| {
-            let key = e.path().to_string();
-            err(format!("key `{key}`: {}", e.inner()))
-        })?;
+        // The `config` crate converts between types on its own (the string "300" to 300, 12.5
+        // to 13, a negative integer to a huge one): take the merged values as they were
+        // written, then deserialize them strictly.
+        let typed: toml::Value = merged.try_deserialize().map_err(|e| err(e.to_string()))?;
+        let cfg = Self::from_value(typed).map_err(err)?;
         cfg.validate()
             .map_err(|(key, reason)| err(format!("key `{key}`: {reason}")))?;
         Ok(cfg)
@@ -318,11 +319,23 @@ impl TrainConfig {
 
     /// Parses TOML text (no environment, no overrides) and validates; for tests and tools.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
-        let cfg: TrainConfig = serde_path_to_error::deserialize(de)
-            .map_err(|e| format!("key `{}`: {}", e.path(), e.inner()))?;
+        let value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+        let cfg = Self::from_value(value)?;
         cfg.validate().map_err(|(k, r)| format!("key `{k}`: {r}"))?;
         Ok(cfg)
+    }
+
+    /// Deserializes strictly (no conversions between types); the error names the full key.
+    fn from_value(value: toml::Value) -> Result<Self, String> {
+        serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+            let message = e.inner().to_string();
+            let mut key = e.path().to_string();
+            // Inside a table chosen by `kind` serde loses the path: find the value it names.
+            if let Some(leaf) = locate(&value, &key, &message) {
+                key = leaf;
+            }
+            format!("key `{key}`: {}", explain(&message))
+        })
     }
 
     /// Checks values that serde cannot and that every input file exists: `Err((key, reason))`.
@@ -401,6 +414,45 @@ impl TrainConfig {
                 "log_every, checkpoint_every and keep_checkpoints must be >= 1".into(),
             );
         }
+        if self.run.val_every > 0 && self.run.val_batches == 0 {
+            return e(
+                "run.val_batches",
+                "must be >= 1 when run.val_every > 0 (set val_every = 0 to skip validation)".into(),
+            );
+        }
+        if self.optim.warmup_steps > self.run.steps {
+            return e(
+                "optim.warmup_steps",
+                format!(
+                    "{} is more than run.steps = {}: the learning rate would never reach optim.lr",
+                    self.optim.warmup_steps, self.run.steps
+                ),
+            );
+        }
+        if !(self.optim.weight_decay >= 0.0 && self.optim.weight_decay.is_finite()) {
+            return e(
+                "optim.weight_decay",
+                format!("must be >= 0 and finite, got {}", self.optim.weight_decay),
+            );
+        }
+        if !(self.optim.eps > 0.0 && self.optim.eps.is_finite()) {
+            return e(
+                "optim.eps",
+                format!("must be > 0 and finite, got {}", self.optim.eps),
+            );
+        }
+        if let Some(r) = self.data.resize
+            && r < self.data.resolution
+        {
+            return e(
+                "data.resize",
+                format!(
+                    "{r} is smaller than data.resolution = {}: the shorter side is resized to \
+                     data.resize, then a data.resolution square is cropped from it",
+                    self.data.resolution
+                ),
+            );
+        }
         if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
             return e("optim.lr", format!("must be > 0, got {}", self.optim.lr));
         }
@@ -419,7 +471,8 @@ impl TrainConfig {
             return e("optim.grad_clip", format!("must be > 0, got {c}"));
         }
         if let Err(err) = self.model.validate() {
-            return e("model", err.to_string());
+            let (key, reason) = model_error_key(&self.model, err);
+            return Err((key, reason));
         }
         let f = self.model.downsample_factor();
         if self.data.resolution == 0 || !self.data.resolution.is_multiple_of(f) {
@@ -462,6 +515,56 @@ impl TrainConfig {
                 ),
             );
         }
+        let weights: Vec<(&str, f32)> = match &self.objective {
+            ObjectiveConfig::Vqvae {
+                quantizer_weight, ..
+            } => vec![("objective.quantizer_weight", *quantizer_weight)],
+            ObjectiveConfig::Vqgan(v) => vec![
+                ("objective.codebook_weight", v.codebook_weight),
+                ("objective.perceptual_weight", v.perceptual_weight),
+                ("objective.disc_weight", v.disc_weight),
+                ("objective.disc_factor", v.disc_factor),
+            ],
+        };
+        for (key, w) in weights {
+            if !(w >= 0.0 && w.is_finite()) {
+                return e(key, format!("must be >= 0 and finite, got {w}"));
+            }
+        }
+        if let ObjectiveConfig::Vqgan(v) = &self.objective
+            && let Some(lr) = v.disc_lr
+            && !(lr > 0.0 && lr.is_finite())
+        {
+            return e(
+                "objective.disc_lr",
+                format!("must be > 0 and finite, got {lr}"),
+            );
+        }
+        if let ObjectiveConfig::Vqgan(v) = &self.objective {
+            let d = &v.discriminator;
+            if let Err(models::ModelError::InvalidConfig { key, reason }) = d.validate() {
+                return Err((format!("objective.discriminator.{key}"), reason));
+            }
+            if d.in_channels != channels {
+                return e(
+                    "objective.discriminator.in_channels",
+                    format!(
+                        "is {} but the images have {channels} channels",
+                        d.in_channels
+                    ),
+                );
+            }
+            if d.output_side(self.data.resolution) == 0 {
+                return e(
+                    "objective.discriminator.n_layers",
+                    format!(
+                        "{} layers halve a {}-pixel image to nothing: lower n_layers",
+                        d.n_layers, self.data.resolution
+                    ),
+                );
+            }
+        }
+        self.check_batch_memory(channels)?;
         if let ObjectiveConfig::Vqgan(v) = &self.objective {
             if v.perceptual_weight > 0.0 && (v.lpips.vgg16.is_none() || v.lpips.heads.is_none()) {
                 return e(
@@ -483,6 +586,43 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// Host memory the data loader needs: `data.prefetch` queued batches, the batch in training
+    /// and one being decoded, each `run.batch_size x channels x side^2` f32 values (`side` the
+    /// larger of `data.resolution` and `data.resize`), whatever the number of workers on this
+    /// machine (a lower bound: the model's own activations come on top).
+    pub fn loader_bytes(&self, channels: usize) -> u128 {
+        let side = self.data.resolution.max(self.data.resize.unwrap_or(0)) as u128;
+        let batch = self.run.batch_size as u128 * channels as u128 * side * side * 4;
+        (self.data.prefetch as u128 + 2) * batch
+    }
+
+    /// Fails when the loader's batches alone could not fit in this machine's memory.
+    fn check_batch_memory(&self, channels: usize) -> Result<(), (String, String)> {
+        let Some(total) = machine_memory_bytes() else {
+            return Ok(());
+        };
+        let need = self.loader_bytes(channels);
+        if need > total as u128 / 2 {
+            let gib = |b: u128| b as f64 / (1u128 << 30) as f64;
+            return Err((
+                "run.batch_size".into(),
+                format!(
+                    "{} images of {channels}x{}x{} need {:.1} GiB for the data loader's {} \
+                     batches alone (data.prefetch + 2), more than half of this machine's {:.1} GiB: \
+                     lower run.batch_size (the global batch; use optim.accumulate for a large \
+                     effective batch) or data.prefetch",
+                    self.run.batch_size,
+                    self.data.resolution,
+                    self.data.resolution,
+                    gib(need),
+                    self.data.prefetch + 2,
+                    gib(total as u128)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// A stable hash of the configuration (recorded in checkpoints).
     pub fn hash(&self) -> String {
         use sha2::Digest;
@@ -495,6 +635,113 @@ impl TrainConfig {
     pub fn run_dir(&self) -> PathBuf {
         self.run.output_dir.join(&self.run.name)
     }
+}
+
+/// The full dotted key (`model.autoencoder.ch`, `model.quantizer.codebook.decay`) and the reason
+/// of a model or quantizer config error.
+fn model_error_key(model: &AutoencoderKind, err: models::ModelError) -> (String, String) {
+    use models::ModelError;
+    match err {
+        ModelError::Quantizer(quantizers::QuantizerError::InvalidConfig { key, reason }) => {
+            (format!("model.quantizer.{key}"), reason)
+        }
+        ModelError::InvalidConfig { key, reason } => {
+            let key = match model {
+                AutoencoderKind::VqModel(_) if !key.starts_with("quantizer.") => {
+                    format!("model.autoencoder.{key}")
+                }
+                _ => format!("model.{key}"),
+            };
+            (key, reason)
+        }
+        other => ("model".into(), other.to_string()),
+    }
+}
+
+/// Total memory of this machine (Linux `/proc/meminfo`), `None` where unknown.
+fn machine_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The dotted key under `path` whose value a serde "invalid type/value" message quotes, when
+/// exactly one value there fits.
+fn locate(root: &toml::Value, path: &str, message: &str) -> Option<String> {
+    let quoted = if let Some(i) = message.find('`') {
+        let rest = &message[i + 1..];
+        rest[..rest.find('`')?].to_string()
+    } else {
+        let rest = &message[message.find("string \"")? + 8..];
+        rest[..rest.find('"')?].to_string()
+    };
+    let mut node = root;
+    for part in path.split('.').filter(|p| !p.is_empty() && *p != "?") {
+        node = node.get(part)?;
+    }
+    fn leaves(v: &toml::Value, prefix: &str, want: &str, out: &mut Vec<String>) {
+        let render = match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(v, &key, want, out);
+                }
+                return;
+            }
+            toml::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    leaves(v, &format!("{prefix}[{i}]"), want, out);
+                }
+                return;
+            }
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) if f.is_finite() && f.fract() == 0.0 => format!("{f:.1}"),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Datetime(d) => d.to_string(),
+        };
+        if render == want {
+            out.push(prefix.to_string());
+        }
+    }
+    let mut found = Vec::new();
+    leaves(node, path.trim_matches('.'), &quoted, &mut found);
+    (found.len() == 1).then(|| found.remove(0))
+}
+
+/// serde's type names in an error message, in a config writer's words.
+fn explain(message: &str) -> String {
+    let mut m = message.to_string();
+    for (rust, words) in [
+        ("expected usize", "expected a whole number >= 0"),
+        ("expected u64", "expected a whole number >= 0"),
+        (
+            "expected u32",
+            "expected a whole number >= 0 (at most 4294967295)",
+        ),
+        (
+            "expected u16",
+            "expected a whole number >= 0 (at most 65535)",
+        ),
+        ("expected u8", "expected a whole number >= 0 (at most 255)"),
+        ("expected i64", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+    ] {
+        if let Some(i) = m.find(rust)
+            && !m[i + rust.len()..].starts_with(|c: char| c.is_ascii_alphanumeric())
+        {
+            m.replace_range(i..i + rust.len(), words);
+        }
+    }
+    m
 }
 
 /// `--set` values: TOML scalars or arrays (`1e-4`, `true`, `[0.5, 0.9]`), else a string.

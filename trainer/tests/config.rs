@@ -63,7 +63,7 @@ fn unknown_key_wrong_type_and_bad_values_name_key_and_file() {
     let wrong_type = write(
         dir.path(),
         "type.toml",
-        &base.replace("steps = 300", "steps = \"many\""),
+        &base.replace("steps = 1000", "steps = \"many\""),
     );
     let err = TrainConfig::load(&wrong_type, &[]).unwrap_err().to_string();
     assert!(
@@ -74,14 +74,11 @@ fn unknown_key_wrong_type_and_bad_values_name_key_and_file() {
     let accumulate = write(
         dir.path(),
         "acc.toml",
-        &format!("{base}\n").replace(
-            "schedule = \"cosine\"",
-            "schedule = \"cosine\"\naccumulate = 3",
-        ),
+        &format!("{base}\n").replace("weight_decay = 0.01", "weight_decay = 0.01\naccumulate = 3"),
     );
     let err = TrainConfig::load(&accumulate, &[]).unwrap_err().to_string();
     assert!(
-        err.contains("optim.accumulate") && err.contains("128"),
+        err.contains("optim.accumulate") && err.contains("256"),
         "{err}"
     );
 
@@ -162,4 +159,134 @@ fn overrides_apply() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("optim.lr"), "{err}");
+}
+
+/// Each of these was accepted (converted, rounded or wrapped) or crashed; each must now fail
+/// before training with a message naming the key, whether it comes from the file, the
+/// environment or `--set`.
+#[test]
+fn strict_types_ranges_and_sizes_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = quickstart_text().replace(
+        "\"data/",
+        &format!("\"{}/../data/", env!("CARGO_MANIFEST_DIR")),
+    );
+    let path = write(dir.path(), "q.toml", &text);
+    TrainConfig::load(&path, &[]).unwrap_or_else(|e| panic!("the quickstart itself: {e}"));
+    let fails = |file_edit: (&str, &str), set: &[&str], key: &str, words: &[&str]| {
+        let p = write(
+            dir.path(),
+            "case.toml",
+            &text.replace(file_edit.0, file_edit.1),
+        );
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        let err = match TrainConfig::load(&p, &set) {
+            Ok(_) => panic!("accepted: {file_edit:?} {set:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(&format!("`{key}`")),
+            "{file_edit:?} {set:?}: names {key}: {err}"
+        );
+        for w in words {
+            assert!(err.contains(w), "{file_edit:?} {set:?}: says {w:?}: {err}");
+        }
+    };
+    let none = ("", "");
+    // Types: no conversions.
+    fails(
+        ("steps = 1000", "steps = \"300\""),
+        &[],
+        "run.steps",
+        &["string", "whole number"],
+    );
+    fails(
+        ("batch_size = 256", "batch_size = 12.5"),
+        &[],
+        "run.batch_size",
+        &["12.5"],
+    );
+    fails(none, &["run.batch_size=12.5"], "run.batch_size", &["12.5"]);
+    fails(
+        ("seed = 1234\nsteps", "seed = -1\nsteps"),
+        &[],
+        "run.seed",
+        &["-1"],
+    );
+    fails(("lr = 3e-4", "lr = \"fast\""), &[], "optim.lr", &["string"]);
+    fails(
+        ("clamp_output = true", "clamp_output = 1"),
+        &[],
+        "objective.clamp_output",
+        &[],
+    );
+    fails(
+        ("codebook_size = 256", "codebook_size = 256.0"),
+        &[],
+        "model.quantizer.codebook_size",
+        &[],
+    );
+    fails(none, &["data.workers=-2"], "data.workers", &["-2"]);
+    // Values.
+    fails(
+        ("weight_decay = 0.01", "weight_decay = -0.01"),
+        &[],
+        "optim.weight_decay",
+        &[">= 0"],
+    );
+    fails(
+        none,
+        &["optim.warmup_steps=5000"],
+        "optim.warmup_steps",
+        &["run.steps"],
+    );
+    fails(("lr = 3e-4", "lr = nan"), &[], "optim.lr", &[]);
+    fails(("lr = 3e-4", "lr = inf"), &[], "optim.lr", &[]);
+    fails(none, &["optim.eps=0"], "optim.eps", &[]);
+    fails(none, &["optim.betas=[0.9, 1.5]"], "optim.betas", &[]);
+    fails(
+        none,
+        &["objective.quantizer_weight=-1"],
+        "objective.quantizer_weight",
+        &[],
+    );
+    fails(
+        none,
+        &["data.resize=20"],
+        "data.resize",
+        &["data.resolution"],
+    );
+    fails(none, &["run.val_batches=0"], "run.val_batches", &[]);
+    fails(
+        ("commitment_weight = 10.0", "commitment_weight = inf"),
+        &[],
+        "model.quantizer.commitment_weight",
+        &["finite"],
+    );
+    fails(
+        ("decay = 0.8", "decay = 1.5"),
+        &[],
+        "model.quantizer.codebook.decay",
+        &[],
+    );
+    fails(("hidden = 16", "hidden = 0"), &[], "model.hidden", &[]);
+    // Sizes that cannot run.
+    fails(
+        ("codebook_size = 256", "codebook_size = 99999999999"),
+        &[],
+        "model.quantizer.codebook_size",
+        &["2^24"],
+    );
+    fails(
+        ("batch_size = 256", "batch_size = 99999999999999"),
+        &[],
+        "run.batch_size",
+        &["GiB", "data.prefetch"],
+    );
+    fails(
+        none,
+        &["data.resolution=4000000"],
+        "run.batch_size",
+        &["GiB"],
+    );
 }
