@@ -2,6 +2,7 @@
 //!
 //!     launch [--resume auto|never] [--set key=value]... CONFIG.toml     train (one process)
 //!     launch --cpu N [...] CONFIG.toml                                   N CPU workers, TCP ring
+//!     launch --sweep KEY=V1,V2 [...] CONFIG.toml                          one run per value, table
 //!     launch check-config CONFIG.toml / check-quantizer CONFIG.toml      validate only
 //!
 //! When the environment says this process is one worker of a run (rotor's launcher, torchrun's
@@ -20,6 +21,7 @@ mod check_quantizer;
 mod env;
 mod launcher;
 mod rendezvous;
+mod sweep;
 mod worker;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -67,6 +69,10 @@ struct Cli {
     /// Backend of this process (workers started by --gpus use cuda).
     #[arg(long, value_enum, default_value = "cpu", env = "ROTOR_DEVICE")]
     device: DeviceArg,
+    /// Train the config once per value of one key, in turn, then print a table comparing the
+    /// runs (run names get `-VALUE`), e.g. `--sweep model.quantizer.estimator=rotation,ste`.
+    #[arg(long, value_name = "KEY=V1,V2,...")]
+    sweep: Option<String>,
     /// Seconds a rendezvous or collective may wait before the run aborts.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     timeout: u64,
@@ -104,6 +110,14 @@ enum ResumeArg {
 /// The CPU training backend.
 pub(crate) type Cpu = burn::backend::Autodiff<burn::backend::Flex>;
 
+/// Whether standard error gets ANSI colors: only on a terminal, and never when `NO_COLOR` is set
+/// to a non-empty value (<https://no-color.org>).
+fn color_stderr() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
+}
+
 fn init_logs(log_file: Option<&std::path::Path>, quiet_stderr: bool) -> Result<()> {
     let filter = EnvFilter::try_from_env("ROTOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let stderr_level = if quiet_stderr {
@@ -113,6 +127,7 @@ fn init_logs(log_file: Option<&std::path::Path>, quiet_stderr: bool) -> Result<(
     };
     let stderr = fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(color_stderr())
         .with_target(false)
         .with_filter(stderr_level);
     let file = match log_file {
@@ -232,6 +247,23 @@ fn run() -> Result<()> {
                 cfg.run_dir().display()
             );
             Ok(())
+        }
+        (None, Some(config)) if cli.sweep.is_some() => {
+            let spec = cli.sweep.as_deref().unwrap_or_default();
+            let sweep = sweep::Sweep::parse(spec)?;
+            // The runs get every argument of this one but the sweep itself.
+            let mut args = Vec::new();
+            let mut skip = false;
+            for a in std::env::args().skip(1) {
+                if skip {
+                    skip = false;
+                } else if a == "--sweep" {
+                    skip = true;
+                } else if !a.starts_with("--sweep=") {
+                    args.push(a);
+                }
+            }
+            sweep::run(&config, &cli.overrides, &sweep, &args)
         }
         (None, Some(config)) if cli.cpu.is_some() || cli.gpus.is_some() => {
             init_logs(None, false)?;

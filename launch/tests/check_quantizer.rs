@@ -108,6 +108,13 @@ fn check_config_applies_environment_and_overrides_and_names_bad_keys() {
     assert!(ok, "--set wins over the environment: {text}");
     let (ok, text) = run(None, &["--set", "run.batch_size=0"]);
     assert!(!ok && text.contains("run.batch_size"), "{text}");
+    let (ok, text) = run(Some(("ROTOR__RUN__LOG_EVERY", "often")), &[]);
+    assert!(
+        !ok && text.contains("run.log_every") && text.contains("often"),
+        "an environment value of the wrong type is refused: {text}"
+    );
+    let (ok, text) = run(Some(("ROTOR__RUN__BATCH_SIZE", "12.5")), &[]);
+    assert!(!ok && text.contains("run.batch_size"), "{text}");
     let (ok, text) = run(None, &["--set", "optim.lrr=1"]);
     assert!(!ok && text.contains("lrr"), "{text}");
 }

@@ -3,6 +3,10 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -144,6 +148,10 @@ fn two_cpu_workers_train_and_log_per_rank() {
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("done: 6 steps"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "no ANSI escape codes when the output is not a terminal: {text:?}"
+    );
     let run = tmp.path().join("runs/tiny");
     assert!(run.join("logs/rank-0.log").exists() && run.join("logs/rank-1.log").exists());
     let rank1 = std::fs::read_to_string(run.join("logs/rank-1.log")).unwrap();
@@ -188,12 +196,36 @@ fn a_killed_worker_stops_the_group_and_names_the_rank() {
 /// and its SIGTERM arriving).
 const LONG_RUN: usize = 400;
 
+/// The fields of a metrics line that describe the step's training, not its timing.
+const TRAINING_FIELDS: [&str; 9] = [
+    "step",
+    "loss",
+    "rec",
+    "quant_loss",
+    "q_commitment",
+    "used_fraction",
+    "perplexity",
+    "quant_error",
+    "grad_norm",
+];
+
+fn training_fields(lines: &[serde_json::Value]) -> Vec<Vec<serde_json::Value>> {
+    lines
+        .iter()
+        .map(|l| TRAINING_FIELDS.iter().map(|k| l[*k].clone()).collect())
+        .collect()
+}
+
 #[test]
 fn sigterm_checkpoints_exits_zero_and_resume_matches_an_uninterrupted_run() {
+    // The reference on one thread per worker, the interrupted run on four, the resumed one on
+    // two, all while both cores are kept busy: the per-step figures must agree exactly.
+    let _load = Load::start(2);
     let reference = tempfile::tempdir().unwrap();
     let cfg = setup(reference.path(), LONG_RUN, 1000);
     let out = Command::new(exe())
         .args(["--cpu", "2"])
+        .env("RAYON_NUM_THREADS", "1")
         .arg(&cfg)
         .output()
         .unwrap();
@@ -206,7 +238,14 @@ fn sigterm_checkpoints_exits_zero_and_resume_matches_an_uninterrupted_run() {
 
     let tmp = tempfile::tempdir().unwrap();
     let cfg = setup(tmp.path(), LONG_RUN, 1000);
-    let mut launcher = start(&cfg, &[]);
+    let mut launcher = Command::new(exe())
+        .args(["--cpu", "2", "--timeout", "20"])
+        .env("RAYON_NUM_THREADS", "4")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_for_steps(tmp.path(), 4, &mut launcher);
     Command::new("kill")
         .args(["-TERM", &launcher.id().to_string()])
@@ -231,6 +270,7 @@ fn sigterm_checkpoints_exits_zero_and_resume_matches_an_uninterrupted_run() {
 
     let out = Command::new(exe())
         .args(["--cpu", "2", "--resume", "auto"])
+        .env("RAYON_NUM_THREADS", "2")
         .arg(&cfg)
         .output()
         .unwrap();
@@ -241,14 +281,98 @@ fn sigterm_checkpoints_exits_zero_and_resume_matches_an_uninterrupted_run() {
     );
     let got = metrics(tmp.path());
     assert_eq!(got.len(), LONG_RUN);
-    let (a, b) = (
-        want[LONG_RUN - 1]["loss"].as_f64().unwrap(),
-        got[LONG_RUN - 1]["loss"].as_f64().unwrap(),
-    );
     assert!(
-        (a - b).abs() <= 1e-3 * a.abs(),
-        "final loss {b} after resume vs {a} uninterrupted"
+        !stopped_at.is_multiple_of(1000),
+        "the signal landed between checkpoints (step {stopped_at})"
     );
+    let (want, got) = (training_fields(&want), training_fields(&got));
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert_eq!(
+            w,
+            g,
+            "step {}: {TRAINING_FIELDS:?} of the resumed run vs the uninterrupted one \
+             (stopped at {stopped_at})",
+            i + 1
+        );
+    }
+}
+
+/// Two workers with half batches log the global batch's figures: the same as one process
+/// accumulating the same two halves (`optim.accumulate = 2`).
+#[test]
+fn two_workers_log_the_global_batch() {
+    let two = tempfile::tempdir().unwrap();
+    let cfg = setup(two.path(), 5, 1000);
+    let out = Command::new(exe())
+        .args(["--cpu", "2", "--timeout", "20"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let one = tempfile::tempdir().unwrap();
+    let cfg = setup(one.path(), 5, 1000);
+    let out = Command::new(exe())
+        .args(["--set", "optim.accumulate=2"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (metrics(two.path()), metrics(one.path()));
+    assert_eq!(a.len(), 5);
+    assert_eq!(b.len(), 5);
+    for (la, lb) in a.iter().zip(&b) {
+        for key in TRAINING_FIELDS {
+            let (x, y) = (la[key].as_f64().unwrap(), lb[key].as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-6 * x.abs().max(y.abs()) + 1e-12,
+                "step {}: {key} is {x} with two workers, {y} with one accumulating",
+                la["step"]
+            );
+        }
+    }
+    // Usage comes from the union of both halves' codes, not a mean of per-worker fractions.
+    assert!(a.iter().any(|l| l["used_fraction"].as_f64().unwrap() > 0.0));
+}
+
+/// Keeps `threads` threads busy with float work until dropped.
+struct Load(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
+
+impl Load {
+    fn start(threads: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = (0..threads)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 1.0f64 + i as f64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..10_000 {
+                            x = (x * 1.000_001).sin() + 1.0;
+                        }
+                        std::hint::black_box(x);
+                    }
+                })
+            })
+            .collect();
+        Self(stop, handles)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        for h in self.1.drain(..) {
+            let _ = h.join();
+        }
+    }
 }
 
 #[test]
@@ -285,5 +409,43 @@ fn a_batch_that_does_not_split_over_the_workers_is_refused() {
     assert!(
         text.contains("run.batch_size") && text.contains("divisible"),
         "{text}"
+    );
+}
+
+/// On a terminal (a pseudo-terminal from `script`) the log is colored; `NO_COLOR` turns every
+/// escape code off, the progress bar's included.
+#[test]
+fn no_color_means_no_escape_codes_even_on_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), 3, 1000);
+    let on_terminal = |no_color: bool, name: &str| {
+        let cmd = format!("{} --set run.name={name} {}", exe(), cfg.display());
+        let mut c = Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"]);
+        if no_color {
+            c.env("NO_COLOR", "1");
+        } else {
+            c.env_remove("NO_COLOR");
+        }
+        let out = c
+            .output()
+            .expect("script (util-linux) runs the command on a terminal");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let colored = on_terminal(false, "colored");
+    assert!(
+        colored.contains('\x1b'),
+        "a terminal gets colors: {colored:?}"
+    );
+    let plain = on_terminal(true, "plain");
+    assert!(plain.contains("done: 3 steps"), "{plain}");
+    assert!(
+        !plain.contains('\x1b'),
+        "NO_COLOR: no escape codes: {plain:?}"
     );
 }
