@@ -3,12 +3,12 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
+
+#[path = "../../models/tests/support/busy_load.rs"]
+mod busy_load;
+use busy_load::Load;
 
 fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_launch")
@@ -340,39 +340,6 @@ fn two_workers_log_the_global_batch() {
     }
     // Usage comes from the union of both halves' codes, not a mean of per-worker fractions.
     assert!(a.iter().any(|l| l["used_fraction"].as_f64().unwrap() > 0.0));
-}
-
-/// Keeps `threads` threads busy with float work until dropped.
-struct Load(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
-
-impl Load {
-    fn start(threads: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let handles = (0..threads)
-            .map(|i| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut x = 1.0f64 + i as f64;
-                    while !stop.load(Ordering::Relaxed) {
-                        for _ in 0..10_000 {
-                            x = (x * 1.000_001).sin() + 1.0;
-                        }
-                        std::hint::black_box(x);
-                    }
-                })
-            })
-            .collect();
-        Self(stop, handles)
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-        for h in self.1.drain(..) {
-            let _ = h.join();
-        }
-    }
 }
 
 #[test]

@@ -4,11 +4,6 @@
 //! sizes that split into many tasks (batches of 6..19 samples, row-blocked samples), with a
 //! thread pool kept busy on every core in the background, for pools of 1, 2, 3 and 4 threads.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
-
 use burn::{
     backend::{Autodiff, Flex},
     module::Param,
@@ -20,40 +15,11 @@ use burn::{
 };
 use models::cpu;
 
+#[path = "support/busy_load.rs"]
+mod busy_load;
+use busy_load::Load;
+
 type B = Autodiff<Flex>;
-
-/// Keeps a pool of `threads` busy with float work until dropped.
-struct Load(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
-
-impl Load {
-    fn start(threads: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let handles = (0..threads)
-            .map(|i| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut x = 1.0f64 + i as f64;
-                    while !stop.load(Ordering::Relaxed) {
-                        for _ in 0..10_000 {
-                            x = (x * 1.000_001).sin() + 1.0;
-                        }
-                        std::hint::black_box(x);
-                    }
-                })
-            })
-            .collect();
-        Self(stop, handles)
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-        for h in self.1.drain(..) {
-            let _ = h.join();
-        }
-    }
-}
 
 fn bits<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<u32> {
     t.into_data()

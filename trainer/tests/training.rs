@@ -1,13 +1,7 @@
 //! End to end: real training on Fashion-MNIST (loss falls, usage reported, outputs written),
 //! exact resume from a checkpoint, fallback from a corrupted checkpoint.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::path::{Path, PathBuf};
 
 use burn::{
     backend::{Autodiff, Flex},
@@ -15,6 +9,10 @@ use burn::{
     tensor::{Tensor, backend::Backend},
 };
 use trainer::{Resume, TrainConfig, Trainer};
+
+#[path = "../../models/tests/support/busy_load.rs"]
+mod busy_load;
+use busy_load::Load;
 
 type B = Autodiff<Flex>;
 
@@ -218,39 +216,6 @@ fn resumed_run_matches_uninterrupted_run() {
     assert_eq!(c.step(), 3, "fell back to the previous valid checkpoint");
 }
 
-/// Keeps `threads` threads busy with float work until dropped.
-struct Load(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
-
-impl Load {
-    fn start(threads: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let handles = (0..threads)
-            .map(|i| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut x = 1.0f64 + i as f64;
-                    while !stop.load(Ordering::Relaxed) {
-                        for _ in 0..10_000 {
-                            x = (x * 1.000_001).sin() + 1.0;
-                        }
-                        std::hint::black_box(x);
-                    }
-                })
-            })
-            .collect();
-        Self(stop, handles)
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-        for h in self.1.drain(..) {
-            let _ = h.join();
-        }
-    }
-}
-
 /// The same config and seed give bitwise the same weights and per-step losses whatever the
 /// number of threads and the machine's load (both cores kept busy): micro-batches of 8 split
 /// every convolution's weight gradient over 8 tasks.
@@ -296,6 +261,30 @@ fn same_seed_gives_the_same_bits_on_any_thread_count_under_load() {
         );
         assert_eq!(l1, l, "per-step losses, 1 vs {threads} threads");
     }
+}
+
+/// A global batch larger than the training set fails before anything is written, naming the key.
+#[test]
+fn a_batch_larger_than_the_training_set_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    synthetic_folder(&data, 40);
+    let mut cfg = config(&tmp.path().join("out"), &folder_source(&data), 5, "");
+    cfg.run.batch_size = 64;
+    cfg.optim.accumulate = 1;
+    let err = Trainer::<B>::new(cfg, Default::default(), Resume::Never)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("run.batch_size") && err.contains("64") && err.contains("36 images"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("out").join("t").exists(),
+        "no run directory left behind"
+    );
 }
 
 fn repo() -> PathBuf {
