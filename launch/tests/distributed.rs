@@ -416,3 +416,53 @@ fn no_color_means_no_escape_codes_even_on_a_terminal() {
         "NO_COLOR: no escape codes: {plain:?}"
     );
 }
+
+/// `--sweep` trains one run per value, each in its own directory, and ends with the table; a
+/// value that makes the config invalid is refused before anything trains.
+#[test]
+fn sweep_runs_each_value_and_prints_the_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), 2, 1000);
+    let out = Command::new(exe())
+        .args(["--sweep", "model.quantizer.estimator=rotation,ste"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs = tmp.path().join("runs");
+    for name in ["tiny-rotation", "tiny-ste"] {
+        assert!(
+            runs.join(name).join("checkpoints/step-00000002").exists(),
+            "{name}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.ends_with(&runs.join(name).display().to_string()))
+            .unwrap_or_else(|| panic!("a row for {name}: {text}"));
+        assert!(
+            row.contains('%') && row.split_whitespace().nth(1) == Some("2"),
+            "{row}"
+        );
+    }
+    assert!(
+        text.contains("codes used") && text.contains("PSNR"),
+        "{text}"
+    );
+
+    let out = Command::new(exe())
+        .args(["--sweep", "optim.lr=1e-3,-1"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("optim.lr"), "{err}");
+    assert!(
+        !runs.join("tiny-1e-3").exists(),
+        "nothing trained before the check"
+    );
+}
