@@ -42,7 +42,8 @@ struct Cli {
     command: Option<Command>,
     /// Training config (TOML).
     config: Option<PathBuf>,
-    /// Continue from the run's newest valid checkpoint (`auto`) or start fresh (`never`).
+    /// Continue from the run's newest valid checkpoint (`auto`), start fresh (`never`), or start
+    /// at step 0 from the intact model weights of damaged checkpoints (`weights`).
     #[arg(long, value_enum, default_value = "auto")]
     resume: ResumeArg,
     /// Override a config key, e.g. `--set optim.lr=1e-4` (repeatable; after ROTOR__* env vars).
@@ -103,8 +104,12 @@ enum DeviceArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ResumeArg {
+    /// Continue from the newest checkpoint that verifies (stop if there are some and none does).
     Auto,
+    /// Start fresh (refused if the run already has checkpoints).
     Never,
+    /// Start at step 0 from the newest intact model weights of a damaged run's checkpoints.
+    Weights,
 }
 
 /// The CPU training backend.
@@ -170,6 +175,7 @@ fn train(
     let resume = match resume {
         ResumeArg::Auto => Resume::Auto,
         ResumeArg::Never => Resume::Never,
+        ResumeArg::Weights => Resume::Weights,
     };
     let device = match device {
         DeviceArg::Cpu => worker::DeviceKind::Cpu,
@@ -289,6 +295,7 @@ fn run() -> Result<()> {
                 resume: match cli.resume {
                     ResumeArg::Auto => "auto",
                     ResumeArg::Never => "never",
+                    ResumeArg::Weights => "weights",
                 },
                 nproc,
                 nnodes: cli.nnodes,

@@ -86,6 +86,13 @@ pub struct Checkpoints {
     keep: usize,
 }
 
+/// Seconds since the Unix epoch (for names of moved-aside directories).
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn sha256_file(path: &Path) -> Result<String, std::io::Error> {
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
@@ -115,6 +122,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
     fsync_dir(path.parent().unwrap_or(Path::new(".")))
 }
+
+/// A checkpoint directory that does not verify, and why.
+pub type Rejected = (PathBuf, String);
 
 impl Checkpoints {
     /// Checkpoints under `run_dir/checkpoints`, keeping the newest `keep`.
@@ -171,7 +181,15 @@ impl Checkpoints {
         )?;
         fsync_dir(&tmp)?;
         if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+            // Left by an earlier run (one rolled back past it, or started over from weights):
+            // never overwritten, moved aside with its contents.
+            let aside = self.dir.join(format!("{name}.replaced-{}", unix_secs()));
+            std::fs::rename(&final_dir, &aside).map_err(|e| TrainError::io(&final_dir, e))?;
+            tracing::warn!(
+                "{} already existed (an earlier run's); moved to {} instead of overwriting it",
+                final_dir.display(),
+                aside.display()
+            );
         }
         std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
         fsync_dir(&self.dir)?;
@@ -198,7 +216,9 @@ impl Checkpoints {
 
     /// Removes the oldest checkpoints up to `current` beyond the newest `keep` (the one just
     /// written is always kept; directories of later steps, left by a run that was rolled back
-    /// from a corrupted checkpoint, are not touched).
+    /// from a corrupted checkpoint, are not touched). Only checkpoints that verify against
+    /// their manifest are removed: a damaged one may hold the only intact model weights, so it
+    /// stays (with a warning) until the user removes it.
     fn prune(&self, current: usize) {
         let all: Vec<(usize, PathBuf)> = self
             .all()
@@ -207,6 +227,14 @@ impl Checkpoints {
             .collect();
         if all.len() > self.keep {
             for (_, p) in &all[..all.len() - self.keep] {
+                if let Err(why) = Self::verify(p) {
+                    tracing::warn!(
+                        "old checkpoint {} is past run.keep_checkpoints but does not verify ({why}): \
+                         kept, remove it yourself once you have taken what you need from it",
+                        p.display()
+                    );
+                    continue;
+                }
                 if let Err(e) = std::fs::remove_dir_all(p) {
                     tracing::warn!("could not prune old checkpoint {}: {e}", p.display());
                 }
@@ -234,8 +262,10 @@ impl Checkpoints {
         .map_err(|e| format!("state.json: {e}"))
     }
 
-    /// The newest checkpoint that verifies, starting from `latest`; each rejected one is logged.
-    pub fn latest_valid(&self) -> Option<(PathBuf, TrainState)> {
+    /// The newest checkpoint that verifies, starting from `latest` (each rejected one is
+    /// logged); `Ok(None)` when there is none at all, `Err` with every checkpoint and what is
+    /// wrong with it when there are some and none verifies.
+    pub fn latest_valid(&self) -> Result<Option<(PathBuf, TrainState)>, Vec<Rejected>> {
         let mut candidates = self.all();
         candidates.reverse();
         if let Ok(l) = std::fs::read_to_string(self.dir.join("latest")) {
@@ -248,16 +278,52 @@ impl Checkpoints {
                 candidates.insert(0, c);
             }
         }
+        let mut rejected = Vec::new();
         for (_, dir) in candidates {
             match Self::verify(&dir) {
-                Ok(state) => return Some((dir, state)),
-                Err(e) => tracing::warn!(
-                    "checkpoint {} is unusable ({e}); trying the previous one",
-                    dir.display()
-                ),
+                Ok(state) => return Ok(Some((dir, state))),
+                Err(e) => {
+                    tracing::warn!(
+                        "checkpoint {} is unusable ({e}); trying the previous one",
+                        dir.display()
+                    );
+                    rejected.push((dir, e));
+                }
             }
         }
-        None
+        if rejected.is_empty() {
+            Ok(None)
+        } else {
+            Err(rejected)
+        }
+    }
+
+    /// The newest checkpoint whose model weights (`model.mpk`) match its manifest, whatever
+    /// the state of its other files.
+    pub fn latest_intact_model(&self) -> Option<PathBuf> {
+        let mut candidates = self.all();
+        candidates.reverse();
+        candidates
+            .into_iter()
+            .map(|(_, dir)| dir)
+            .find(|dir| Self::verify_file(dir, "model.mpk").is_ok())
+    }
+
+    /// Checks one file of a checkpoint against its manifest.
+    pub fn verify_file(dir: &Path, file: &str) -> Result<(), String> {
+        let manifest: Manifest = serde_json::from_slice(
+            &std::fs::read(dir.join("manifest.json")).map_err(|e| format!("no manifest: {e}"))?,
+        )
+        .map_err(|e| format!("corrupt manifest: {e}"))?;
+        let want = manifest
+            .files
+            .get(file)
+            .ok_or_else(|| format!("{file} is not in the manifest"))?;
+        let got = sha256_file(&dir.join(file)).map_err(|e| format!("{file}: {e}"))?;
+        if &got != want {
+            return Err(format!("{file}: sha256 does not match the manifest"));
+        }
+        Ok(())
     }
 
     /// True when any checkpoint directory exists.

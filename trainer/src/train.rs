@@ -48,6 +48,10 @@ pub enum Resume {
     Auto,
     /// Start fresh; refuse if the run directory already holds checkpoints.
     Never,
+    /// Start at step 0 (fresh optimizer, data order and quantizer RNG) from the model weights
+    /// of the newest checkpoint whose `model.mpk` is intact, even if its other files are not:
+    /// the way on when every checkpoint is damaged. The damaged checkpoints are kept.
+    Weights,
 }
 
 type Optim<B> = OptimizerAdaptor<AdamW, Autoencoder<B>, B>;
@@ -235,9 +239,46 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut cursor = 0;
         let mut quant_rng = QuantRng::seed_from_u64(cfg.run.seed ^ 0x5155_414e_5449_5a45);
         let mut resumed_at = None;
-        if resume == Resume::Auto
-            && let Some((dir, state)) = checkpoints.latest_valid()
-        {
+        let found = match resume {
+            Resume::Auto => checkpoints.latest_valid().map_err(|rejected| {
+                let list: Vec<String> = rejected
+                    .iter()
+                    .map(|(dir, why)| format!("  {}: {why}", dir.display()))
+                    .collect();
+                TrainError::Checkpoint {
+                    path: checkpoints.dir().to_path_buf(),
+                    reason: format!(
+                        "no checkpoint of this run verifies, so it cannot be continued and nothing \
+                         was changed:\n{}\nTo go on: `--resume weights` starts at step 0 from the model \
+                         weights of the newest checkpoint whose model.mpk is intact (fresh optimizer; \
+                         the damaged checkpoints are kept), or `--resume never --set run.name=<new \
+                         name>` starts a new run elsewhere.",
+                        list.join("\n")
+                    ),
+                }
+            })?,
+            _ => None,
+        };
+        if resume == Resume::Weights {
+            let dir = checkpoints
+                .latest_intact_model()
+                .ok_or_else(|| TrainError::Checkpoint {
+                    path: checkpoints.dir().to_path_buf(),
+                    reason: "--resume weights: no checkpoint here has an intact model.mpk".into(),
+                })?;
+            model = model
+                .load_file(dir.join("model"), &recorder(), &device)
+                .map_err(|e| TrainError::Checkpoint {
+                    path: dir.clone(),
+                    reason: format!("model: {e}"),
+                })?;
+            tracing::info!(
+                "starting at step 0 from the model weights of {} (optimizer, data order and \
+                 quantizer RNG fresh)",
+                dir.display()
+            );
+        }
+        if let Some((dir, state)) = found {
             if state.config_hash != cfg.hash() {
                 tracing::warn!(
                     "the configuration differs from the one checkpoint {} was written with; continuing with the new one",

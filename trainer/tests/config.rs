@@ -78,7 +78,7 @@ fn unknown_key_wrong_type_and_bad_values_name_key_and_file() {
     );
     let err = TrainConfig::load(&accumulate, &[]).unwrap_err().to_string();
     assert!(
-        err.contains("optim.accumulate") && err.contains("256"),
+        err.contains("optim.accumulate") && err.contains("128"),
         "{err}"
     );
 
@@ -201,7 +201,7 @@ fn strict_types_ranges_and_sizes_name_the_key() {
         &["string", "whole number"],
     );
     fails(
-        ("batch_size = 256", "batch_size = 12.5"),
+        ("batch_size = 128", "batch_size = 12.5"),
         &[],
         "run.batch_size",
         &["12.5"],
@@ -278,7 +278,7 @@ fn strict_types_ranges_and_sizes_name_the_key() {
         &["2^24"],
     );
     fails(
-        ("batch_size = 256", "batch_size = 99999999999999"),
+        ("batch_size = 128", "batch_size = 99999999999999"),
         &[],
         "run.batch_size",
         &["GiB", "data.prefetch"],

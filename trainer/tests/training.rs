@@ -263,6 +263,130 @@ fn same_seed_gives_the_same_bits_on_any_thread_count_under_load() {
     }
 }
 
+fn truncate(file: &Path) {
+    let len = std::fs::metadata(file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+}
+
+/// Files (relative path, length) under `dir`, sorted.
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, std::fs::metadata(&p).unwrap().len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// No run is lost to damaged checkpoints: when none verifies, `Resume::Auto` stops listing each
+/// and changes nothing; `Resume::Weights` starts from the intact model weights and moves an
+/// older run's same-step directory aside instead of overwriting it; pruning never removes a
+/// checkpoint that does not verify.
+#[test]
+fn damaged_checkpoints_are_never_overwritten_or_pruned() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    synthetic_folder(&data, 40);
+    let src = folder_source(&data);
+    let out = tmp.path().join("out");
+    let ckpts = out.join("t").join("checkpoints");
+    let mut a =
+        Trainer::<B>::new(config(&out, &src, 6, ""), Default::default(), Resume::Never).unwrap();
+    a.train_until(6).unwrap();
+    let trained = weights(&a);
+    drop(a);
+    truncate(&ckpts.join("step-00000003").join("optim.mpk"));
+    truncate(&ckpts.join("step-00000006").join("optim.mpk"));
+    let before = listing(&out);
+
+    let err = Trainer::<B>::new(config(&out, &src, 9, ""), Default::default(), Resume::Auto)
+        .err()
+        .expect("no checkpoint verifies")
+        .to_string();
+    for want in [
+        "step-00000003",
+        "step-00000006",
+        "optim.mpk",
+        "--resume weights",
+        "--resume never",
+    ] {
+        assert!(err.contains(want), "the error says {want:?}: {err}");
+    }
+    assert_eq!(listing(&out), before, "nothing was changed");
+
+    let mut w = Trainer::<B>::new(
+        config(&out, &src, 3, ""),
+        Default::default(),
+        Resume::Weights,
+    )
+    .unwrap();
+    assert_eq!(w.step(), 0);
+    let differ = weights(&w)
+        .iter()
+        .zip(&trained)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count();
+    assert_eq!(differ, 0, "started from step 6's intact model weights");
+    w.train_until(3).unwrap();
+    drop(w);
+    let aside: Vec<_> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("step-00000003.replaced-"))
+        .collect();
+    assert_eq!(
+        aside.len(),
+        1,
+        "the damaged step-3 was moved aside: {aside:?}"
+    );
+    let moved = ckpts.join(&aside[0]);
+    assert_eq!(
+        std::fs::metadata(moved.join("optim.mpk")).unwrap().len(),
+        before
+            .iter()
+            .find(|(p, _)| p.ends_with("step-00000003/optim.mpk"))
+            .unwrap()
+            .1,
+        "with its contents"
+    );
+    assert!(moved.join("model.mpk").exists());
+
+    // Pruning past run.keep_checkpoints skips a damaged checkpoint (here the damaged step 6,
+    // renamed to an older step) and removes verified ones.
+    std::fs::rename(ckpts.join("step-00000006"), ckpts.join("step-00000002")).unwrap();
+    let mut cfg = config(&out, &src, 6, "");
+    cfg.run.keep_checkpoints = 1;
+    let mut c = Trainer::<B>::new(cfg, Default::default(), Resume::Auto).unwrap();
+    assert_eq!(c.step(), 3, "continued from the weights run's step 3");
+    c.train_until(6).unwrap();
+    assert!(ckpts.join("step-00000006").exists());
+    assert!(
+        !ckpts.join("step-00000003").exists(),
+        "a verified old checkpoint is pruned"
+    );
+    assert!(
+        ckpts.join("step-00000002").join("model.mpk").exists(),
+        "a damaged one is kept"
+    );
+}
+
 /// A global batch larger than the training set fails before anything is written, naming the key.
 #[test]
 fn a_batch_larger_than_the_training_set_is_refused() {
