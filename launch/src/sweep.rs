@@ -83,9 +83,9 @@ struct Row {
 /// Runs the sweep: `args` are this process's arguments without `--sweep` and its value.
 pub fn run(config: &Path, overrides: &[String], sweep: &Sweep, args: &[String]) -> Result<()> {
     // Every value must give a valid config before anything trains.
+    let base = TrainConfig::load(config, overrides)?;
     let mut plans = Vec::new();
     for value in &sweep.values {
-        let base = TrainConfig::load(config, overrides)?;
         let name = Sweep::run_name(&base.run.name, value);
         let mut o = overrides.to_vec();
         o.push(format!("{}={value}", sweep.key));

@@ -242,19 +242,29 @@ impl Checkpoints {
         }
     }
 
-    /// Checks a checkpoint directory against its manifest.
-    pub fn verify(dir: &Path) -> Result<TrainState, String> {
-        let manifest: Manifest = serde_json::from_slice(
+    /// The manifest of a checkpoint directory.
+    fn manifest(dir: &Path) -> Result<Manifest, String> {
+        serde_json::from_slice(
             &std::fs::read(dir.join("manifest.json")).map_err(|e| format!("no manifest: {e}"))?,
         )
-        .map_err(|e| format!("corrupt manifest: {e}"))?;
-        for (name, want) in &manifest.files {
-            let got = sha256_file(&dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
-            if &got != want {
-                return Err(format!(
-                    "{name}: sha256 {got} does not match the manifest ({want}): truncated or corrupted"
-                ));
-            }
+        .map_err(|e| format!("corrupt manifest: {e}"))
+    }
+
+    /// Checks one file of a checkpoint against the sha256 its manifest recorded.
+    fn check_file(dir: &Path, name: &str, want: &str) -> Result<(), String> {
+        let got = sha256_file(&dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        if got != want {
+            return Err(format!(
+                "{name}: sha256 {got} does not match the manifest ({want}): truncated or corrupted"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a checkpoint directory against its manifest.
+    pub fn verify(dir: &Path) -> Result<TrainState, String> {
+        for (name, want) in &Self::manifest(dir)?.files {
+            Self::check_file(dir, name, want)?;
         }
         serde_json::from_slice(
             &std::fs::read(dir.join("state.json")).map_err(|e| format!("state.json: {e}"))?,
@@ -311,19 +321,12 @@ impl Checkpoints {
 
     /// Checks one file of a checkpoint against its manifest.
     pub fn verify_file(dir: &Path, file: &str) -> Result<(), String> {
-        let manifest: Manifest = serde_json::from_slice(
-            &std::fs::read(dir.join("manifest.json")).map_err(|e| format!("no manifest: {e}"))?,
-        )
-        .map_err(|e| format!("corrupt manifest: {e}"))?;
+        let manifest = Self::manifest(dir)?;
         let want = manifest
             .files
             .get(file)
             .ok_or_else(|| format!("{file} is not in the manifest"))?;
-        let got = sha256_file(&dir.join(file)).map_err(|e| format!("{file}: {e}"))?;
-        if &got != want {
-            return Err(format!("{file}: sha256 does not match the manifest"));
-        }
-        Ok(())
+        Self::check_file(dir, file, want)
     }
 
     /// True when any checkpoint directory exists.

@@ -155,6 +155,20 @@ fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::new()
 }
 
+/// The model weights of checkpoint `dir`.
+fn load_model<B: AutodiffBackend>(
+    model: Autoencoder<B>,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<Autoencoder<B>, TrainError> {
+    model
+        .load_file(dir.join("model"), &recorder(), device)
+        .map_err(|e| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason: format!("model: {e}"),
+        })
+}
+
 impl<B: AutodiffBackend> Trainer<B> {
     /// A single-process trainer.
     pub fn new(cfg: TrainConfig, device: B::Device, resume: Resume) -> Result<Self, TrainError> {
@@ -266,12 +280,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     path: checkpoints.dir().to_path_buf(),
                     reason: "--resume weights: no checkpoint here has an intact model.mpk".into(),
                 })?;
-            model = model
-                .load_file(dir.join("model"), &recorder(), &device)
-                .map_err(|e| TrainError::Checkpoint {
-                    path: dir.clone(),
-                    reason: format!("model: {e}"),
-                })?;
+            model = load_model(model, &dir, &device)?;
             tracing::info!(
                 "starting at step 0 from the model weights of {} (optimizer, data order and \
                  quantizer RNG fresh)",
@@ -285,12 +294,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     dir.display()
                 );
             }
-            model = model
-                .load_file(dir.join("model"), &recorder(), &device)
-                .map_err(|e| TrainError::Checkpoint {
-                    path: dir.clone(),
-                    reason: format!("model: {e}"),
-                })?;
+            model = load_model(model, &dir, &device)?;
             let record = recorder().load(dir.join("optim"), &device).map_err(|e| {
                 TrainError::Checkpoint {
                     path: dir.clone(),

@@ -119,14 +119,19 @@ fn folder_source(dir: &Path) -> String {
     )
 }
 
+/// 40 synthetic images in `dir/data`, as an image-folder source.
+fn synthetic_source(dir: &Path) -> String {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    synthetic_folder(&data, 40);
+    folder_source(&data)
+}
+
 #[test]
 fn resumed_run_matches_uninterrupted_run() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    synthetic_folder(&data, 40);
-    let src = folder_source(&data);
+    let src = synthetic_source(tmp.path());
     // EMA with dead-code restart: the quantizer RNG must be restored too.
     let extra = "dead_code_threshold = 0.5\ncodebook = { kind = \"ema\", decay = 0.8 }";
 
@@ -223,10 +228,7 @@ fn resumed_run_matches_uninterrupted_run() {
 fn same_seed_gives_the_same_bits_on_any_thread_count_under_load() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    synthetic_folder(&data, 40);
-    let src = folder_source(&data);
+    let src = synthetic_source(tmp.path());
     let extra = "codebook = { kind = \"ema\", decay = 0.8 }";
     let _load = Load::start(2);
     let mut runs = Vec::new();
@@ -300,10 +302,7 @@ fn listing(dir: &Path) -> Vec<(String, u64)> {
 fn damaged_checkpoints_are_never_overwritten_or_pruned() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    synthetic_folder(&data, 40);
-    let src = folder_source(&data);
+    let src = synthetic_source(tmp.path());
     let out = tmp.path().join("out");
     let ckpts = out.join("t").join("checkpoints");
     let mut a =
@@ -391,10 +390,8 @@ fn damaged_checkpoints_are_never_overwritten_or_pruned() {
 #[test]
 fn a_batch_larger_than_the_training_set_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    synthetic_folder(&data, 40);
-    let mut cfg = config(&tmp.path().join("out"), &folder_source(&data), 5, "");
+    let src = synthetic_source(tmp.path());
+    let mut cfg = config(&tmp.path().join("out"), &src, 5, "");
     cfg.run.batch_size = 64;
     cfg.optim.accumulate = 1;
     let err = Trainer::<B>::new(cfg, Default::default(), Resume::Never)
