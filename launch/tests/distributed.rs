@@ -128,6 +128,18 @@ fn workers(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
+/// Runs `launch ARGS CONFIG` to completion and asserts it succeeded; returns stdout + stderr.
+fn run_ok(cfg: &Path, args: &[&str]) -> String {
+    let out = Command::new(exe()).args(args).arg(cfg).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "launch {args:?}: {text}");
+    text
+}
+
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
@@ -302,28 +314,14 @@ fn sigterm_checkpoints_exits_zero_and_resume_matches_an_uninterrupted_run() {
 #[test]
 fn two_workers_log_the_global_batch() {
     let two = tempfile::tempdir().unwrap();
-    let cfg = setup(two.path(), 5, 1000);
-    let out = Command::new(exe())
-        .args(["--cpu", "2", "--timeout", "20"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        &setup(two.path(), 5, 1000),
+        &["--cpu", "2", "--timeout", "20"],
     );
     let one = tempfile::tempdir().unwrap();
-    let cfg = setup(one.path(), 5, 1000);
-    let out = Command::new(exe())
-        .args(["--set", "optim.accumulate=2"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        &setup(one.path(), 5, 1000),
+        &["--set", "optim.accumulate=2"],
     );
     let (a, b) = (metrics(two.path()), metrics(one.path()));
     assert_eq!(a.len(), 5);
