@@ -18,6 +18,14 @@ pub struct WorkerEnv {
     pub master_port: u16,
     /// Where the variables came from.
     pub source: &'static str,
+    /// torchrun's agent serves the store at the master address (`TORCHELASTIC_USE_AGENT_STORE`).
+    pub agent_store: bool,
+    /// The run's id (`TORCHELASTIC_RUN_ID`, `SLURM_JOB_ID`, else `rotor`): store keys live under it.
+    pub run_id: String,
+    /// Restarts of the group so far (`TORCHELASTIC_RESTART_COUNT`, `SLURM_RESTART_COUNT`).
+    pub restart: usize,
+    /// Workers per node (`LOCAL_WORLD_SIZE`, `SLURM_NTASKS_PER_NODE`), to name nodes in errors.
+    pub local_world: Option<usize>,
 }
 
 fn num(get: &dyn Fn(&str) -> Option<String>, key: &str) -> Result<Option<usize>, String> {
@@ -77,6 +85,11 @@ pub fn detect(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<WorkerEnv>,
             } else {
                 "RANK/WORLD_SIZE"
             },
+            agent_store: get("TORCHELASTIC_USE_AGENT_STORE")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+            run_id: get("TORCHELASTIC_RUN_ID").unwrap_or_else(|| "rotor".into()),
+            restart: num(get, "TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0),
+            local_world: num(get, "LOCAL_WORLD_SIZE").ok().flatten(),
         };
         return check(env);
     }
@@ -102,6 +115,10 @@ pub fn detect(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<WorkerEnv>,
             master_port: u16::try_from(port)
                 .map_err(|_| format!("rendezvous port {port} is not a port"))?,
             source: "SLURM",
+            agent_store: false,
+            run_id: get("SLURM_JOB_ID").unwrap_or_else(|| "rotor".into()),
+            restart: num(get, "SLURM_RESTART_COUNT")?.unwrap_or(0),
+            local_world: num(get, "SLURM_NTASKS_PER_NODE").ok().flatten(),
         };
         return check(env);
     }
@@ -144,6 +161,21 @@ mod tests {
         ]))
         .unwrap()
         .unwrap();
+        let agent = detect(&vars(&[
+            ("RANK", "1"),
+            ("WORLD_SIZE", "2"),
+            ("LOCAL_WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "localhost"),
+            ("MASTER_PORT", "29500"),
+            ("TORCHELASTIC_RUN_ID", "3f2c"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+            ("TORCHELASTIC_RESTART_COUNT", "2"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert!(agent.agent_store);
+        assert_eq!((agent.run_id.as_str(), agent.restart), ("3f2c", 2));
+        assert_eq!(agent.local_world, Some(2));
         assert_eq!(
             env,
             WorkerEnv {
@@ -152,7 +184,11 @@ mod tests {
                 world_size: 8,
                 master_addr: "node7".into(),
                 master_port: 29500,
-                source: "torchrun"
+                source: "torchrun",
+                agent_store: false,
+                run_id: "abc".into(),
+                restart: 0,
+                local_world: None,
             }
         );
     }

@@ -74,6 +74,12 @@ pub fn run(group: &Group) -> Result<()> {
     }
     let exe = std::env::current_exe().context("cannot find the launch executable")?;
     let world = group.nproc * group.nnodes;
+    // The workers' connections prove this secret: one node makes its own; the nodes of a
+    // multi-node run share the ROTOR_RUN_SECRET they were started with (else rank 0 hands one out).
+    let secret = std::env::var("ROTOR_RUN_SECRET")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| (group.nnodes == 1).then(|| trainer::RunSecret::random().to_hex()));
     let mut attempt = 0;
     loop {
         let (addr, port) = match &group.master {
@@ -108,10 +114,14 @@ pub fn run(group: &Group) -> Result<()> {
                 .env("RANK", rank.to_string())
                 .env("LOCAL_RANK", local.to_string())
                 .env("WORLD_SIZE", world.to_string())
+                .env("LOCAL_WORLD_SIZE", group.nproc.to_string())
                 .env("MASTER_ADDR", &addr)
                 .env("MASTER_PORT", port.to_string())
                 .env("ROTOR_LAUNCHER_PID", std::process::id().to_string())
                 .env("TORCHELASTIC_RESTART_COUNT", attempt.to_string());
+            if let Some(s) = &secret {
+                cmd.env("ROTOR_RUN_SECRET", s);
+            }
             if group.gpus {
                 cmd.env("CUDA_VISIBLE_DEVICES", local.to_string())
                     .env("ROTOR_DEVICE", "cuda");

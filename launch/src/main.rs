@@ -21,6 +21,7 @@ mod check_quantizer;
 mod env;
 mod launcher;
 mod rendezvous;
+mod store;
 mod sweep;
 mod worker;
 
@@ -193,6 +194,18 @@ fn train(
             )?;
             let span = tracing::info_span!("rank", r = w.rank);
             let _guard = span.enter();
+            let resume = if w.restart > 0 && !matches!(resume, Resume::Auto) {
+                // The command line of a restarted group is the first attempt's: a `--resume
+                // never` there would refuse the checkpoints the first attempt wrote.
+                tracing::info!(
+                    "restart {} of the group ({}): resuming from the latest checkpoint",
+                    w.restart,
+                    w.source
+                );
+                Resume::Auto
+            } else {
+                resume
+            };
             tracing::info!(
                 "config {} -> run directory {}",
                 config.display(),
@@ -313,11 +326,40 @@ fn run() -> Result<()> {
     }
 }
 
+/// Under torchrun, writes the failure where the agent looks for it (`TORCHELASTIC_ERROR_FILE`, in
+/// the JSON layout of torch's `record` decorator), so torchrun's summary names the root cause.
+fn write_error_file(e: &anyhow::Error) {
+    let Some(path) = std::env::var_os("TORCHELASTIC_ERROR_FILE") else {
+        return;
+    };
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let report = serde_json::json!({
+        "message": {
+            "message": format!("rotor: {e:#}"),
+            "extraInfo": {
+                "py_callstack": format!("rotor (launch, pid {}) failed: {e:?}", std::process::id()),
+                "timestamp": secs.to_string(),
+            }
+        }
+    });
+    let path = std::path::PathBuf::from(path);
+    if let Err(err) = std::fs::write(&path, report.to_string()) {
+        eprintln!(
+            "warning: cannot write torchrun's error file {}: {err}",
+            path.display()
+        );
+    }
+}
+
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            write_error_file(&e);
             ExitCode::FAILURE
         }
     }

@@ -1,175 +1,158 @@
-//! The rendezvous: rank 0 serves a small TCP key-value store (tokio) that the other workers join
-//! with a timeout. Workers publish their ring addresses under `addr/<rank>` and read everyone's.
-//! Protocol, one request per line: `SET <key> <value>` -> `OK`; `GET <key>` -> `VAL <value>` once the
-//! key exists (the server holds the request until then).
+//! The rendezvous: how one worker finds the run's store, the run's secret and its peers.
+//! - Store: under torchrun with `TORCHELASTIC_USE_AGENT_STORE=True`, the agent's TCPStore at
+//!   `MASTER_ADDR:MASTER_PORT` (rotor is one more client, no server of its own); otherwise rank 0
+//!   serves one there ([`store::serve`], bound to `MASTER_ADDR`).
+//! - Secret: `ROTOR_RUN_SECRET` when the environment has it (rotor's launcher sets a fresh one for
+//!   a one-node run; set the same value on every node of a multi-node run); otherwise rank 0 makes
+//!   one and hands it out through the store. The store then authenticates nobody: torchrun's never
+//!   does, and rotor's warns when it is reachable from other machines.
+//! - Peers: every rank binds its ring listener to the address it announces (the interface that
+//!   routes to the master: loopback for one node, or `ROTOR_ADVERTISE_ADDR`), publishes it, and
+//!   waits for everyone's; ranks that never come are named.
 
 use std::{
-    collections::HashMap,
-    io::{BufRead, BufReader, Write},
-    net::{TcpStream, ToSocketAddrs},
-    sync::Arc,
-    time::{Duration, Instant},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader},
-    net::TcpListener,
-    sync::{Mutex, Notify},
-};
+use trainer::RunSecret;
 
-#[derive(Default)]
-struct Store {
-    map: Mutex<HashMap<String, String>>,
-    changed: Notify,
+use crate::{env::WorkerEnv, store, store::Store};
+
+/// What the rendezvous gives a worker.
+pub struct Joined {
+    /// The run's store (namespaced to this run and restart).
+    pub store: Store,
+    /// The run's secret (the ring's connections prove it).
+    pub secret: RunSecret,
 }
 
-/// Starts the store on `0.0.0.0:port` in a background thread; returns once it listens.
-pub fn serve(port: u16) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the rendezvous runtime")?;
-    let listener = rt
-        .block_on(TcpListener::bind(("0.0.0.0", port)))
-        .with_context(|| {
-            format!("cannot serve the rendezvous on port {port} (in use? set MASTER_PORT)")
-        })?;
-    std::thread::Builder::new()
-        .name("rendezvous".into())
-        .spawn(move || {
-            let store = Arc::new(Store::default());
-            rt.block_on(async move {
-                loop {
-                    let Ok((sock, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        let (r, mut w) = sock.into_split();
-                        let mut lines = TokioBufReader::new(r).lines();
-                        while let Ok(Some(line)) = lines.next_line().await {
-                            let reply = match line.split_once(' ') {
-                                Some(("SET", kv)) => {
-                                    let (k, v) = kv.split_once(' ').unwrap_or((kv, ""));
-                                    store.map.lock().await.insert(k.to_string(), v.to_string());
-                                    store.changed.notify_waiters();
-                                    "OK".to_string()
-                                }
-                                Some(("GET", k)) => loop {
-                                    let notified = store.changed.notified();
-                                    if let Some(v) = store.map.lock().await.get(k) {
-                                        break format!("VAL {v}");
-                                    }
-                                    notified.await;
-                                },
-                                _ => "ERR bad request".to_string(),
-                            };
-                            if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-            });
-        })
-        .context("cannot spawn the rendezvous thread")?;
-    Ok(())
+/// The run's secret from `ROTOR_RUN_SECRET`, if set.
+fn env_secret() -> Option<RunSecret> {
+    std::env::var("ROTOR_RUN_SECRET")
+        .ok()
+        .and_then(|t| RunSecret::from_text(&t))
 }
 
-/// A connection to the store.
-pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    addr: String,
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-impl Client {
-    /// Connects to `host:port`, retrying until `timeout`.
-    pub fn connect(host: &str, port: u16, timeout: Duration) -> Result<Self> {
-        let addr = format!("{host}:{port}");
-        let deadline = Instant::now() + timeout;
-        loop {
-            let attempt = addr
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .and_then(|sa| TcpStream::connect_timeout(&sa, Duration::from_secs(1)).ok());
-            if let Some(s) = attempt {
-                s.set_read_timeout(Some(timeout)).ok();
-                return Ok(Self {
-                    reader: BufReader::new(s.try_clone()?),
-                    writer: s,
-                    addr,
-                });
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "cannot reach the rendezvous at {addr} within {timeout:?}: is rank 0 running, and are MASTER_ADDR/MASTER_PORT right?"
+/// Connects to (or, on rank 0, first serves) the run's store and settles the secret.
+pub fn join(env: &WorkerEnv, timeout: Duration) -> Result<Joined> {
+    let prefix = format!("/{}/rotor/{}/", env.run_id, env.restart);
+    let (host, port) = (env.master_addr.as_str(), env.master_port);
+    let from_env = env_secret();
+    let mut store = if env.agent_store {
+        Store::connect(host, port, &prefix, None, timeout)
+            .context("joining torchrun's store (TORCHELASTIC_USE_AGENT_STORE=True)")?
+    } else {
+        if env.rank == 0 {
+            let at = store::serve(host, port, from_env.clone())?;
+            if from_env.is_none() && !is_loopback(host) {
+                tracing::warn!(
+                    "the rendezvous store on {at} accepts anyone who can reach it: set \
+                     ROTOR_RUN_SECRET to the same value for every worker of the run"
                 );
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    fn request(&mut self, line: &str) -> Result<String> {
-        self.writer.write_all(format!("{line}\n").as_bytes())?;
-        let mut reply = String::new();
-        self.reader.read_line(&mut reply).with_context(|| {
-            format!("rendezvous at {}: no answer to `{line}` in time", self.addr)
-        })?;
-        if reply.is_empty() {
-            return Err(anyhow!("rendezvous at {} closed the connection", self.addr));
+        Store::connect(host, port, &prefix, from_env.as_ref(), timeout)?
+    };
+    let secret = match from_env {
+        Some(s) => s,
+        None if env.rank == 0 => {
+            let s = RunSecret::random();
+            store.set("secret", s.to_hex().as_bytes())?;
+            s
         }
-        Ok(reply.trim_end().to_string())
-    }
-
-    /// Stores `key = value`.
-    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        match self.request(&format!("SET {key} {value}"))?.as_str() {
-            "OK" => Ok(()),
-            other => bail!("rendezvous: unexpected reply {other:?}"),
+        None => {
+            let hex = store.get("secret", "rank 0 to hand out the run's secret")?;
+            std::str::from_utf8(&hex)
+                .ok()
+                .and_then(RunSecret::from_hex)
+                .ok_or_else(|| anyhow!("the run's secret in the store is malformed"))?
         }
-    }
-
-    /// Waits for `key` and returns its value.
-    pub fn get(&mut self, key: &str) -> Result<String> {
-        let reply = self.request(&format!("GET {key}"))?;
-        reply
-            .strip_prefix("VAL ")
-            .map(str::to_string)
-            .ok_or_else(|| anyhow!("rendezvous: unexpected reply {reply:?}"))
-    }
+    };
+    Ok(Joined { store, secret })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn store_waits_for_keys_and_clients_time_out_naming_the_address() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        serve(port).unwrap();
-        let waiter = std::thread::spawn(move || {
-            let mut c = Client::connect("127.0.0.1", port, Duration::from_secs(5)).unwrap();
-            c.get("addr/1").unwrap()
-        });
-        std::thread::sleep(Duration::from_millis(200));
-        let mut c = Client::connect("127.0.0.1", port, Duration::from_secs(5)).unwrap();
-        c.set("addr/1", "10.0.0.2:4000").unwrap();
-        assert_eq!(waiter.join().unwrap(), "10.0.0.2:4000");
-        assert_eq!(c.get("addr/1").unwrap(), "10.0.0.2:4000");
-        let unused = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let err = Client::connect("127.0.0.1", unused, Duration::from_millis(300))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains(&format!("127.0.0.1:{unused}")), "{err}");
+/// The address this worker announces to its peers: `ROTOR_ADVERTISE_ADDR`, else the local address
+/// of the interface that routes to the master (loopback when the master is this machine).
+fn advertised(env: &WorkerEnv) -> Result<IpAddr> {
+    if let Ok(h) = std::env::var("ROTOR_ADVERTISE_ADDR") {
+        return std::net::ToSocketAddrs::to_socket_addrs(&(h.as_str(), 0))
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(|a| a.ip())
+            .with_context(|| {
+                format!("ROTOR_ADVERTISE_ADDR={h} is not an address of this machine")
+            });
     }
+    let master =
+        std::net::ToSocketAddrs::to_socket_addrs(&(env.master_addr.as_str(), env.master_port))
+            .with_context(|| format!("cannot resolve MASTER_ADDR {}", env.master_addr))?
+            .next()
+            .with_context(|| format!("MASTER_ADDR {} has no address", env.master_addr))?;
+    if master.ip().is_loopback() {
+        return Ok(master.ip());
+    }
+    let unspecified: IpAddr = if master.is_ipv4() {
+        [0, 0, 0, 0].into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    // A UDP "connection" sends nothing: it only asks the kernel which interface routes there.
+    let probe = UdpSocket::bind((unspecified, 0)).context("cannot find this machine's address")?;
+    probe
+        .connect(master)
+        .with_context(|| format!("no route to the master {master}"))?;
+    Ok(probe.local_addr()?.ip())
+}
+
+/// Binds this rank's ring listener, publishes its address and collects every rank's.
+pub fn ring_addresses(
+    env: &WorkerEnv,
+    joined: &mut Joined,
+) -> Result<(TcpListener, Vec<SocketAddr>)> {
+    let ip = advertised(env)?;
+    let (listener, local) =
+        trainer::ring::bind(&ip.to_string()).map_err(|e| anyhow!("{e} (ROTOR_ADVERTISE_ADDR?)"))?;
+    let store = &mut joined.store;
+    store.set(&format!("addr/{}", env.rank), local.to_string().as_bytes())?;
+    let keys: Vec<String> = (0..env.world_size).map(|r| format!("addr/{r}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    if let Err(e) = store.wait(&refs, "every rank's ring address") {
+        let mut missing = Vec::new();
+        for (r, k) in keys.iter().enumerate() {
+            if !store.check(&[k]).unwrap_or(false) {
+                missing.push(match env.local_world {
+                    Some(n) if n > 0 => format!("rank {r} (node {})", r / n),
+                    _ => format!("rank {r}"),
+                });
+            }
+        }
+        if missing.is_empty() {
+            return Err(e);
+        }
+        bail!(
+            "rendezvous at {}:{}: waited {:?} for {} to join the run, in vain. Is every node's \
+             launcher (or worker) started with the same --master / MASTER_ADDR:MASTER_PORT, \
+             --nnodes and world size, and can it reach this address?",
+            env.master_addr,
+            env.master_port,
+            store.timeout(),
+            missing.join(", ")
+        );
+    }
+    let mut addrs = Vec::with_capacity(env.world_size);
+    for (r, k) in keys.iter().enumerate() {
+        let raw = store.get(k, &format!("rank {r}'s ring address"))?;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let sa: SocketAddr = text
+            .parse()
+            .with_context(|| format!("rank {r} published an unusable address {text:?}"))?;
+        addrs.push(sa);
+    }
+    Ok((listener, addrs))
 }

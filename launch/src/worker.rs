@@ -1,10 +1,9 @@
-//! One worker of a data-parallel run: join the rendezvous (rank 0 serves it), publish this
-//! worker's ring address, connect the TCP ring, train. SIGTERM / SIGUSR1 / SIGINT make every
+//! One worker of a data-parallel run: join the rendezvous (torchrun's store, or one rank 0
+//! serves), publish this worker's ring address, connect the TCP ring (or NCCL), train. SIGTERM / SIGUSR1 / SIGINT make every
 //! worker finish the current step; rank 0 writes a checkpoint and all exit 0 (a second signal
 //! exits at once). A worker whose launcher died exits instead of running on as an orphan.
 
 use std::{
-    net::SocketAddr,
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
@@ -43,18 +42,6 @@ fn watch_launcher() {
             std::thread::sleep(Duration::from_millis(500));
         }
     });
-}
-
-fn advertised_host(master: &str) -> String {
-    if let Ok(h) = std::env::var("ROTOR_ADVERTISE_ADDR") {
-        return h;
-    }
-    if master == "127.0.0.1" || master == "localhost" || master == "::1" {
-        return "127.0.0.1".into();
-    }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "127.0.0.1".into())
 }
 
 /// How a run ended.
@@ -121,13 +108,19 @@ pub fn run(
         };
     };
     watch_launcher();
-    if env.rank == 0 {
-        rendezvous::serve(env.master_port)?;
-    }
-    let mut store = rendezvous::Client::connect(&env.master_addr, env.master_port, timeout)?;
+    let mut joined = rendezvous::join(env, timeout)?;
     match device {
         DeviceKind::Cpu => {
-            let ring = connect_ring(env, &mut store, timeout)?;
+            let (listener, addrs) = rendezvous::ring_addresses(env, &mut joined)?;
+            let ring = TcpRing::connect(
+                env.rank,
+                env.world_size,
+                listener,
+                &addrs,
+                &joined.secret,
+                timeout,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
             tracing::info!(
                 "rank {}/{} ({}): ring connected, rendezvous {}:{}",
                 env.rank,
@@ -138,34 +131,8 @@ pub fn run(
             );
             train_with::<Cpu>(cfg, Default::default(), resume, Box::new(ring), stop)
         }
-        DeviceKind::Cuda => cuda::worker(cfg, env, &mut store, resume, stop),
+        DeviceKind::Cuda => cuda::worker(cfg, env, &mut joined.store, resume, stop),
     }
-}
-
-fn connect_ring(
-    env: &WorkerEnv,
-    store: &mut rendezvous::Client,
-    timeout: Duration,
-) -> Result<TcpRing> {
-    let bind = if advertised_host(&env.master_addr) == "127.0.0.1" {
-        "127.0.0.1"
-    } else {
-        "0.0.0.0"
-    };
-    let (listener, local) = trainer::ring::bind(bind).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let me = format!("{}:{}", advertised_host(&env.master_addr), local.port());
-    store.set(&format!("addr/{}", env.rank), &me)?;
-    let mut addrs = Vec::with_capacity(env.world_size);
-    for r in 0..env.world_size {
-        let a = store.get(&format!("addr/{r}"))?;
-        let sa: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&a)
-            .ok()
-            .and_then(|mut i| i.next())
-            .with_context(|| format!("rank {r} published an unusable address {a:?}"))?;
-        addrs.push(sa);
-    }
-    TcpRing::connect(env.rank, env.world_size, listener, &addrs, timeout)
-        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 #[cfg(feature = "cuda")]
@@ -176,7 +143,7 @@ mod cuda {
     use trainer::{Resume, TrainConfig, nccl::NcclComm};
 
     use super::{Outcome, train_with};
-    use crate::{env::WorkerEnv, rendezvous};
+    use crate::{env::WorkerEnv, store::Store};
 
     type Gpu = burn::backend::Autodiff<burn::backend::Cuda>;
 
@@ -200,17 +167,15 @@ mod cuda {
     pub fn worker(
         cfg: TrainConfig,
         env: &WorkerEnv,
-        store: &mut rendezvous::Client,
+        store: &mut Store,
         resume: Resume,
         stop: Arc<AtomicBool>,
     ) -> Result<Outcome> {
         if env.rank == 0 {
-            store.set(
-                "nccl_id",
-                &NcclComm::unique_id_hex().map_err(|e| anyhow!("{e}"))?,
-            )?;
+            let id = NcclComm::unique_id_hex().map_err(|e| anyhow!("{e}"))?;
+            store.set("nccl_id", id.as_bytes())?;
         }
-        let id = store.get("nccl_id")?;
+        let id = String::from_utf8_lossy(&store.get("nccl_id", "rank 0's NCCL id")?).to_string();
         let gpu = ordinal(env.local_rank);
         let comm =
             NcclComm::connect(env.rank, env.world_size, gpu, &id).map_err(|e| anyhow!("{e}"))?;
@@ -237,7 +202,7 @@ mod cuda {
     use trainer::{Resume, TrainConfig};
 
     use super::Outcome;
-    use crate::{env::WorkerEnv, rendezvous};
+    use crate::{env::WorkerEnv, store::Store};
 
     const NO_CUDA: &str = "this launch binary was built without GPU support: rebuild with \
         `cargo build --release -p launch --features cuda`, or train on the CPU (--device cpu / --cpu N)";
@@ -249,7 +214,7 @@ mod cuda {
     pub fn worker(
         _: TrainConfig,
         _: &WorkerEnv,
-        _: &mut rendezvous::Client,
+        _: &mut Store,
         _: Resume,
         _: Arc<AtomicBool>,
     ) -> Result<Outcome> {

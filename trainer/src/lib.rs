@@ -5,6 +5,7 @@
 //! warmup/decay, accumulation and global-norm clipping, the training loop ([`Trainer`]) with its
 //! data-parallel seams ([`Collective`]), validation, metrics and atomic checkpoints.
 
+pub mod auth;
 mod checkpoint;
 mod communicator;
 mod config;
@@ -20,6 +21,7 @@ mod schedule;
 pub mod sync;
 mod train;
 
+pub use auth::RunSecret;
 pub use checkpoint::{Checkpoints, RngState, TrainState};
 pub use communicator::{CommError, Communicator, SingleProcess};
 pub use config::{

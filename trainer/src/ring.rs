@@ -4,6 +4,11 @@
 //! each link, whatever the world size. Buffers of any length work (chunks differ by at most one
 //! element). Sends run on a second thread while the receive proceeds, so large buffers cannot
 //! deadlock. Every receive has a timeout: a peer that died or hangs aborts the run with a message.
+//!
+//! Connections prove they belong to the run: the accepting rank sends a random nonce, the
+//! connecting rank answers with its rank and an HMAC of the run's secret ([`RunSecret`]). A
+//! stranger, a worker of another run or garbage bytes are logged and refused while the ring keeps
+//! waiting for its real neighbour; the listener closes once the ring is connected.
 
 use std::{
     io::{Read, Write},
@@ -11,7 +16,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::communicator::{CommError, Communicator};
+use crate::{
+    auth::{NONCE_LEN, PROOF_LEN, RunSecret},
+    communicator::{CommError, Communicator},
+};
+
+/// What the ring's proofs are bound to (a store proof cannot be replayed here).
+const CONTEXT: &[u8] = b"rotor-ring-v1";
+/// The longest a connection may take to prove itself before it is dropped.
+const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// A ring of TCP connections between the ranks of a run.
 pub struct TcpRing {
@@ -35,30 +48,25 @@ fn to_bytes(v: &[f32]) -> Vec<u8> {
 
 impl TcpRing {
     /// Connects rank `rank` of `world`: `listener` is this rank's bound socket, `addrs[r]` the
-    /// address every rank listens on. Connecting and accepting give up after `timeout`.
+    /// address every rank listens on, `secret` the run's. Connecting and accepting give up after
+    /// `timeout`.
     pub fn connect(
         rank: usize,
         world: usize,
         listener: TcpListener,
         addrs: &[SocketAddr],
+        secret: &RunSecret,
         timeout: Duration,
     ) -> Result<Self, CommError> {
         assert!(world >= 2 && rank < world && addrs.len() == world);
         let next_rank = (rank + 1) % world;
         let deadline = Instant::now() + timeout;
         let target = addrs[next_rank];
+        let key = secret.clone();
         let connector = std::thread::spawn(move || -> Result<TcpStream, CommError> {
             loop {
                 match TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
-                    Ok(s) => {
-                        let mut s = s;
-                        s.write_all(&(rank as u32).to_le_bytes()).map_err(|e| {
-                            CommError(format!(
-                                "ring: handshake with rank {next_rank} at {target}: {e}"
-                            ))
-                        })?;
-                        return Ok(s);
-                    }
+                    Ok(s) => return prove(s, rank, next_rank, target, &key, timeout),
                     Err(e) if Instant::now() >= deadline => {
                         return Err(CommError(format!(
                             "ring: cannot reach rank {next_rank} at {target} within the timeout: {e}"
@@ -72,30 +80,37 @@ impl TcpRing {
             .set_nonblocking(true)
             .map_err(|e| CommError(format!("ring: listener: {e}")))?;
         let prev_rank = (rank + world - 1) % world;
-        let prev = loop {
+        // Each connection proves itself on its own thread: a silent or slow stranger cannot
+        // hold up the real neighbour queued behind it.
+        let (tx, rx) = std::sync::mpsc::channel::<(SocketAddr, Result<TcpStream, String>)>();
+        let prev = 'accept: loop {
+            if Instant::now() >= deadline {
+                return Err(CommError(format!(
+                    "ring: rank {prev_rank} did not connect to rank {rank} within {timeout:?}"
+                )));
+            }
+            while let Ok((peer, verdict)) = rx.try_recv() {
+                match verdict {
+                    Ok(s) => break 'accept s,
+                    Err(why) => tracing::warn!(
+                        "ring: rank {rank} refused a connection from {peer}: {why} (still waiting for rank {prev_rank})"
+                    ),
+                }
+            }
             match listener.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false)
-                        .map_err(|e| CommError(e.to_string()))?;
-                    s.set_read_timeout(Some(timeout))
-                        .map_err(|e| CommError(e.to_string()))?;
-                    let mut id = [0u8; 4];
-                    if s.read_exact(&mut id).is_ok() && u32::from_le_bytes(id) as usize == prev_rank
-                    {
-                        break s;
-                    }
+                Ok((s, peer)) => {
+                    let (tx, secret) = (tx.clone(), secret.clone());
+                    std::thread::spawn(move || {
+                        let _ = tx.send((peer, check(s, prev_rank, &secret, timeout)));
+                    });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() >= deadline {
-                        return Err(CommError(format!(
-                            "ring: rank {prev_rank} did not connect to rank {rank} within {timeout:?}"
-                        )));
-                    }
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => return Err(CommError(format!("ring: accept: {e}"))),
             }
         };
+        drop(listener);
         let next = connector
             .join()
             .map_err(|_| CommError("ring: connector thread panicked".into()))??;
@@ -217,6 +232,65 @@ impl Communicator for TcpRing {
     }
 }
 
+/// The connecting side of the handshake: read the nonce, answer with rank and proof, read the
+/// acceptance.
+fn prove(
+    mut s: TcpStream,
+    rank: usize,
+    next_rank: usize,
+    target: SocketAddr,
+    secret: &RunSecret,
+    timeout: Duration,
+) -> Result<TcpStream, CommError> {
+    let fail = |e: std::io::Error| {
+        CommError(format!(
+            "ring: handshake with rank {next_rank} at {target}: {e} (does a worker of this run \
+             listen there? Every worker needs the same ROTOR_RUN_SECRET)"
+        ))
+    };
+    s.set_read_timeout(Some(timeout)).map_err(fail)?;
+    s.set_write_timeout(Some(timeout)).map_err(fail)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    s.read_exact(&mut nonce).map_err(fail)?;
+    let claim = (rank as u32).to_le_bytes();
+    let mut answer = claim.to_vec();
+    answer.extend_from_slice(&secret.proof(CONTEXT, &nonce, &claim));
+    s.write_all(&answer).map_err(fail)?;
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack).map_err(fail)?;
+    Ok(s)
+}
+
+/// The accepting side: send a nonce, check that the answer comes from `want_rank` of this run.
+fn check(
+    mut s: TcpStream,
+    want_rank: usize,
+    secret: &RunSecret,
+    timeout: Duration,
+) -> Result<TcpStream, String> {
+    let io = |e: std::io::Error| format!("no valid handshake ({e})");
+    s.set_nonblocking(false).map_err(io)?;
+    let patience = Some(timeout.min(HANDSHAKE));
+    s.set_read_timeout(patience).map_err(io)?;
+    s.set_write_timeout(patience).map_err(io)?;
+    let nonce = RunSecret::nonce();
+    s.write_all(&nonce).map_err(io)?;
+    let mut answer = [0u8; 4 + PROOF_LEN];
+    s.read_exact(&mut answer).map_err(io)?;
+    let (claim, proof) = answer.split_at(4);
+    if !secret.verify(CONTEXT, &nonce, claim, proof) {
+        return Err("it does not know the run's secret".into());
+    }
+    let claimed = u32::from_le_bytes(claim.try_into().unwrap()) as usize;
+    if claimed != want_rank {
+        return Err(format!(
+            "it is rank {claimed}, not the previous rank {want_rank}"
+        ));
+    }
+    s.write_all(&[1]).map_err(io)?;
+    Ok(s)
+}
+
 /// Binds a listener for the ring on `host` (port chosen by the OS).
 pub fn bind(host: &str) -> Result<(TcpListener, SocketAddr), CommError> {
     let l = TcpListener::bind((host, 0))
@@ -230,6 +304,7 @@ mod tests {
     use super::*;
 
     fn ring(world: usize) -> Vec<TcpRing> {
+        let secret = RunSecret::random();
         let bound: Vec<(TcpListener, SocketAddr)> =
             (0..world).map(|_| bind("127.0.0.1").unwrap()).collect();
         let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.1).collect();
@@ -237,9 +312,9 @@ mod tests {
             .into_iter()
             .enumerate()
             .map(|(r, (l, _))| {
-                let addrs = addrs.clone();
+                let (addrs, secret) = (addrs.clone(), secret.clone());
                 std::thread::spawn(move || {
-                    TcpRing::connect(r, world, l, &addrs, Duration::from_secs(10)).unwrap()
+                    TcpRing::connect(r, world, l, &addrs, &secret, Duration::from_secs(10)).unwrap()
                 })
             })
             .collect();
@@ -292,5 +367,65 @@ mod tests {
         let err = c.all_reduce_sum(&mut [1.0; 16]).unwrap_err();
         assert!(err.0.contains("rank 1"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(9));
+    }
+
+    #[test]
+    fn strangers_and_garbage_are_refused_while_the_ring_connects() {
+        let secret = RunSecret::random();
+        let bound: Vec<(TcpListener, SocketAddr)> =
+            (0..2).map(|_| bind("127.0.0.1").unwrap()).collect();
+        let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.1).collect();
+        // Before any worker accepts: garbage, a silent connection, a worker of another run (right
+        // protocol, wrong secret) and a right-secret peer claiming the wrong rank, on both ports.
+        let mut noise = Vec::new();
+        for a in &addrs {
+            let mut g = TcpStream::connect(a).unwrap();
+            g.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            noise.push(g);
+            noise.push(TcpStream::connect(a).unwrap());
+        }
+        let imposters: Vec<_> = addrs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| {
+                let other = RunSecret::random();
+                let a = *a;
+                let prev = (i + 1) % 2;
+                let same = secret.clone();
+                [
+                    std::thread::spawn(move || {
+                        let s = TcpStream::connect(a).unwrap();
+                        prove(s, prev, i, a, &other, Duration::from_secs(20)).is_err()
+                    }),
+                    std::thread::spawn(move || {
+                        let s = TcpStream::connect(a).unwrap();
+                        // Rank i claiming to be its own predecessor's successor: wrong rank.
+                        prove(s, i, i, a, &same, Duration::from_secs(20)).is_err()
+                    }),
+                ]
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let handles: Vec<_> = bound
+            .into_iter()
+            .enumerate()
+            .map(|(r, (l, _))| {
+                let (addrs, secret) = (addrs.clone(), secret.clone());
+                std::thread::spawn(move || {
+                    let mut c = TcpRing::connect(r, 2, l, &addrs, &secret, Duration::from_secs(30))
+                        .unwrap();
+                    let mut buf = vec![r as f32 + 1.0; 1001];
+                    c.all_reduce_sum(&mut buf).unwrap();
+                    buf
+                })
+            })
+            .collect();
+        for h in handles {
+            assert!(h.join().unwrap().iter().all(|v| *v == 3.0));
+        }
+        for i in imposters {
+            assert!(i.join().unwrap(), "an imposter was let into the ring");
+        }
+        drop(noise);
     }
 }

@@ -96,19 +96,22 @@ fn run_world(
     }
     let bound: Vec<_> = (0..world).map(|_| bind("127.0.0.1").unwrap()).collect();
     let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.1).collect();
+    let secret = trainer::RunSecret::random();
     let handles: Vec<_> = bound
         .into_iter()
         .enumerate()
         .map(|(r, (l, _))| {
-            let (addrs, out, data, q) = (
+            let (addrs, out, data, q, secret) = (
                 addrs.clone(),
                 out.to_path_buf(),
                 data.to_path_buf(),
                 quantizer.to_string(),
+                secret.clone(),
             );
             std::thread::spawn(move || {
                 let comm: Box<dyn Communicator> = Box::new(
-                    TcpRing::connect(r, world, l, &addrs, Duration::from_secs(60)).unwrap(),
+                    TcpRing::connect(r, world, l, &addrs, &secret, Duration::from_secs(60))
+                        .unwrap(),
                 );
                 let mut t = Trainer::<B>::with_communicator(
                     config(&out, &data, &q, 1),
