@@ -340,7 +340,10 @@ fn write_error_file(e: &anyhow::Error) {
         "message": {
             "message": format!("rotor: {e:#}"),
             "extraInfo": {
-                "py_callstack": format!("rotor (launch, pid {}) failed: {e:?}", std::process::id()),
+                "py_callstack": e.chain().skip(1).fold(
+                    format!("rotor (launch, pid {}) failed: {e}", std::process::id()),
+                    |text, cause| format!("{text}\n  caused by: {cause}"),
+                ),
                 "timestamp": secs.to_string(),
             }
         }

@@ -464,3 +464,202 @@ fn sweep_runs_each_value_and_prints_the_table() {
         "nothing trained before the check"
     );
 }
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// One "node" of a multi-node run on this machine: `launch --nnodes 2 --node-rank R --cpu 1`.
+fn node(cfg: &Path, rank: usize, port: u16, timeout: &str, secret: Option<&str>) -> Command {
+    let mut c = Command::new(exe());
+    c.args(["--nnodes", "2", "--cpu", "1", "--timeout", timeout])
+        .args(["--node-rank", &rank.to_string()])
+        .args(["--master", &format!("127.0.0.1:{port}")])
+        .arg(cfg)
+        .env_remove("ROTOR_RUN_SECRET");
+    if let Some(s) = secret {
+        c.env("ROTOR_RUN_SECRET", s);
+    }
+    c
+}
+
+/// Two launchers on loopback, one worker each, end where one process accumulating both halves
+/// does; once with a shared ROTOR_RUN_SECRET, once with the secret handed out by rank 0.
+#[test]
+fn two_launchers_on_loopback_train_as_one_process() {
+    let one = tempfile::tempdir().unwrap();
+    run_ok(
+        &setup(one.path(), 4, 1000),
+        &["--set", "optim.accumulate=2"],
+    );
+    let reference = metrics(one.path());
+    for secret in [Some("words both nodes were given"), None] {
+        let two = tempfile::tempdir().unwrap();
+        let cfg = setup(two.path(), 4, 1000);
+        let port = free_port();
+        // Node 1 first: it waits for node 0's store.
+        let n1 = node(&cfg, 1, port, "60", secret)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let n0 = node(&cfg, 0, port, "60", secret).output().unwrap();
+        let n1 = n1.wait_with_output().unwrap();
+        for (i, o) in [&n0, &n1].iter().enumerate() {
+            assert!(
+                o.status.success(),
+                "node {i} (secret {secret:?}): {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let got = metrics(two.path());
+        assert_eq!(got.len(), reference.len());
+        for (a, b) in got.iter().zip(&reference) {
+            for key in TRAINING_FIELDS {
+                let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+                assert!(
+                    (x - y).abs() <= 1e-6 * x.abs().max(y.abs()) + 1e-12,
+                    "step {}: {key} is {x} over two nodes, {y} in one process",
+                    a["step"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_node_that_never_arrives_fails_node_0_within_the_timeout_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), 4, 1000);
+    let start = Instant::now();
+    let out = node(&cfg, 0, free_port(), "4", None).output().unwrap();
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(took < Duration::from_secs(40), "took {took:?}: {text}");
+    assert!(text.contains("rank 1 (node 1)"), "{text}");
+    assert!(text.contains("--master"), "{text}");
+    assert!(text.contains("worker rank 0 failed"), "{text}");
+}
+
+/// torchrun restarts a failed group with the same command line and TORCHELASTIC_RESTART_COUNT
+/// raised: the workers resume from the latest checkpoint even though it says `--resume never`.
+#[test]
+fn a_torchrun_restart_resumes_whatever_the_command_line_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), 3, 3);
+    run_ok(&cfg, &["--cpu", "2", "--timeout", "30"]);
+    let cfg = setup(tmp.path(), 5, 3);
+    let port = free_port();
+    let workers: Vec<_> = (0..2)
+        .map(|rank| {
+            Command::new(exe())
+                .args(["--resume", "never", "--timeout", "30"])
+                .arg(&cfg)
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .env("TORCHELASTIC_RUN_ID", "restart-test")
+                .env("TORCHELASTIC_RESTART_COUNT", "1")
+                .env_remove("ROTOR_RUN_SECRET")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for w in workers {
+        let o = w.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let log = std::fs::read_to_string(tmp.path().join("runs/tiny/logs/rank-0.log")).unwrap();
+    assert!(log.contains("restart 1 of the group"), "{log}");
+    let steps: Vec<u64> = metrics(tmp.path())
+        .iter()
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5], "the restart went on from step 3");
+}
+
+/// Under torchrun a failing worker leaves its error where the agent reads it.
+#[test]
+fn a_failing_worker_writes_torchruns_error_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), 3, 1000);
+    let file = tmp.path().join("error.json");
+    let out = Command::new(exe())
+        .args(["--set", "data.source.train=/nonexistent/images"])
+        .arg(&cfg)
+        .env("TORCHELASTIC_ERROR_FILE", &file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let message = report["message"]["message"].as_str().unwrap();
+    assert!(message.contains("/nonexistent/images"), "{report}");
+    let info = &report["message"]["extraInfo"];
+    assert!(
+        info["py_callstack"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/images")
+    );
+    let ts: u64 = info["timestamp"].as_str().unwrap().parse().unwrap();
+    assert!(ts > 1_700_000_000);
+}
+
+/// Garbage and a stranger speaking the store's protocol without the run's secret reach rank 0's
+/// store in the middle of training: both are logged and refused, and the run ends as an
+/// undisturbed one does.
+#[test]
+fn strangers_at_the_store_are_refused_without_disturbing_training() {
+    use std::io::{Read, Write};
+    let quiet = tempfile::tempdir().unwrap();
+    run_ok(
+        &setup(quiet.path(), 40, 1000),
+        &["--cpu", "2", "--timeout", "30"],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), 40, 1000);
+    let port = free_port();
+    let master = format!("127.0.0.1:{port}");
+    let mut child = start(&cfg, &["--master", &master]);
+    wait_for_steps(tmp.path(), 2, &mut child);
+    let closed = |mut s: std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut b = [0u8; 16];
+        matches!(s.read(&mut b), Ok(0) | Err(_))
+    };
+    let mut garbage = std::net::TcpStream::connect(&master).unwrap();
+    garbage
+        .write_all(&[0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff, 0xff, 0x01])
+        .unwrap();
+    assert!(closed(garbage));
+    // torch's handshake (VALIDATE, magic 0x3C85F7CE), then a SET of a ring address: refused.
+    let mut stranger = std::net::TcpStream::connect(&master).unwrap();
+    let mut req = vec![0x00, 0xce, 0xf7, 0x85, 0x3c, 0x01];
+    for part in [&b"/rotor/rotor/0/addr/1"[..], b"10.9.9.9:1"] {
+        req.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        req.extend_from_slice(part);
+    }
+    stranger.write_all(&req).unwrap();
+    assert!(closed(stranger));
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read_to_string(tmp.path().join("runs/tiny/logs/rank-0.log")).unwrap();
+    assert_eq!(log.matches("refused the connection").count(), 2, "{log}");
+    assert!(log.contains("before proving the run secret"), "{log}");
+    assert_eq!(
+        training_fields(&metrics(tmp.path())),
+        training_fields(&metrics(quiet.path()))
+    );
+}
