@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs rotor under the real torchrun and checks what a cluster user relies on:
 #   1. `torchrun --standalone`, `--rdzv-backend static` and `--rdzv-backend c10d`, 2 workers each,
-#      train exactly as one process accumulating the same two halves (optim.accumulate = 2);
+#      and two torchrun agents ("nodes" on loopback, c10d and static), one worker each, train as
+#      one process accumulating the same two halves (optim.accumulate = 2);
 #   2. a worker killed mid-run: torchrun restarts the group (--max-restarts 1), the workers resume
 #      from the latest checkpoint (TORCHELASTIC_RESTART_COUNT), and the run ends as the
 #      uninterrupted one did;
@@ -70,6 +71,26 @@ echo "== torchrun --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:$P"
   configs/quickstart.toml > "$OUT/c10d.out" 2>&1 || { tail -30 "$OUT/c10d.out"; exit 1; }
 compare c10d one
 
+P=$(port)
+echo "== two torchrun agents (\"nodes\"), one worker each: --nnodes 2 --rdzv-backend c10d"
+for n in 0 1; do
+  "$TORCHRUN" --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint "127.0.0.1:$P" \
+    --rdzv-id rotor-two-nodes --no-python "$LAUNCH" --resume never "${COMMON[@]}" --set run.name=c10d-nodes \
+    configs/quickstart.toml > "$OUT/c10d-node$n.out" 2>&1 &
+done
+wait %1 && wait %2 || { tail -30 "$OUT"/c10d-node*.out; exit 1; }
+compare c10d-nodes one
+
+P=$(port)
+echo "== two torchrun agents, static rendezvous: --nnodes 2 --node-rank 0|1 --master-port $P"
+for n in 0 1; do
+  "$TORCHRUN" --nnodes 2 --node-rank $n --nproc-per-node 1 --rdzv-backend static --master-addr 127.0.0.1 \
+    --master-port "$P" --no-python "$LAUNCH" --resume never "${COMMON[@]}" --set run.name=static-nodes \
+    configs/quickstart.toml > "$OUT/static-node$n.out" 2>&1 &
+done
+wait %1 && wait %2 || { tail -30 "$OUT"/static-node*.out; exit 1; }
+compare static-nodes one
+
 echo "== a worker killed after the step-20 checkpoint; torchrun --max-restarts 1"
 "$TORCHRUN" --standalone --nproc-per-node 2 --max-restarts 1 --no-python "$LAUNCH" --resume never \
   "${COMMON[@]}" --set run.name=restarted configs/quickstart.toml > "$OUT/restarted.out" 2>&1 &
@@ -93,6 +114,6 @@ if "$TORCHRUN" --standalone --nproc-per-node 2 --no-python "$LAUNCH" --resume ne
   --set run.name=failing --set data.source.train=/nonexistent/train.gz configs/quickstart.toml > "$OUT/failing.out" 2>&1; then
   echo "the failing run succeeded"; exit 1
 fi
-grep -A3 "Root Cause" "$OUT/failing.out" | sed 's/^/  /'
+grep -A8 "Root Cause" "$OUT/failing.out" | grep -E "rank|traceback" | sed 's/^/  /'
 grep -q "rotor" "$OUT/failing.out" && grep -q "/nonexistent" "$OUT/failing.out"
 echo "all torchrun checks passed ($OUT)"
