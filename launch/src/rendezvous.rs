@@ -39,6 +39,12 @@ fn is_loopback(host: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+fn resolves_only_to_loopback(host: &str, port: u16) -> bool {
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map(|a| a.collect::<Vec<_>>())
+        .is_ok_and(|a| !a.is_empty() && a.iter().all(|x| x.ip().is_loopback()))
+}
+
 /// Connects to (or, on rank 0, first serves) the run's store and settles the secret.
 pub fn join(env: &WorkerEnv, timeout: Duration) -> Result<Joined> {
     let prefix = format!("/{}/rotor/{}/", env.run_id, env.restart);
@@ -49,6 +55,13 @@ pub fn join(env: &WorkerEnv, timeout: Duration) -> Result<Joined> {
             .context("joining torchrun's store (TORCHELASTIC_USE_AGENT_STORE=True)")?
     } else {
         if env.rank == 0 {
+            if !is_loopback(host) && resolves_only_to_loopback(host, port) {
+                tracing::warn!(
+                    "MASTER_ADDR {host} resolves to a loopback address on this machine (see \
+                     /etc/hosts): workers on other nodes cannot reach the rendezvous there; set \
+                     MASTER_ADDR (or --master) to this node's network address"
+                );
+            }
             let at = store::serve(host, port, from_env.clone())?;
             if from_env.is_none() && !is_loopback(host) {
                 tracing::warn!(
