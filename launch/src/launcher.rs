@@ -40,6 +40,8 @@ pub struct Group<'a> {
     pub timeout_s: u64,
     /// `CUDA_VISIBLE_DEVICES` per worker (GPU runs).
     pub gpus: bool,
+    /// The backend of ring workers (`cpu`, or `wgpu` with `--device wgpu`).
+    pub ring_device: &'static str,
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -126,7 +128,7 @@ pub fn run(group: &Group) -> Result<()> {
                 cmd.env("CUDA_VISIBLE_DEVICES", local.to_string())
                     .env("ROTOR_DEVICE", "cuda");
             } else {
-                cmd.env("ROTOR_DEVICE", "cpu");
+                cmd.env("ROTOR_DEVICE", group.ring_device);
             }
             let child = cmd
                 .spawn()

@@ -50,7 +50,8 @@ struct Cli {
     /// Override a config key, e.g. `--set optim.lr=1e-4` (repeatable; after ROTOR__* env vars).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
-    /// Start N CPU worker processes on this node (data parallel over a TCP ring).
+    /// Start N worker processes on this node, data parallel over a TCP ring (CPU workers, or
+    /// wgpu workers with `--device wgpu`).
     #[arg(long, value_name = "N")]
     cpu: Option<usize>,
     /// Start N GPU worker processes on this node (one per GPU, NCCL).
@@ -101,6 +102,8 @@ enum Command {
 enum DeviceArg {
     Cpu,
     Cuda,
+    /// burn's wgpu backend (Vulkan / Metal / DX12; build with `--features wgpu`).
+    Wgpu,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -181,6 +184,7 @@ fn train(
     let device = match device {
         DeviceArg::Cpu => worker::DeviceKind::Cpu,
         DeviceArg::Cuda => worker::DeviceKind::Cuda,
+        DeviceArg::Wgpu => worker::DeviceKind::Wgpu,
     };
     let timeout = std::time::Duration::from_secs(timeout);
     let outcome = match &worker {
@@ -196,13 +200,30 @@ fn train(
             let _guard = span.enter();
             let resume = if w.restart > 0 && !matches!(resume, Resume::Auto) {
                 // The command line of a restarted group is the first attempt's: a `--resume
-                // never` there would refuse the checkpoints the first attempt wrote.
-                tracing::info!(
-                    "restart {} of the group ({}): resuming from the latest checkpoint",
-                    w.restart,
-                    w.source
-                );
-                Resume::Auto
+                // never` (or `weights`) there would refuse (or throw away) what the first attempt
+                // wrote. Only when that attempt was this job's, though.
+                let marker = worker::first_attempt_marker(&run_dir);
+                let first = std::fs::read_to_string(&marker).unwrap_or_default();
+                if worker::distinctive_run_id(&w.run_id) && first.trim() == w.run_id.trim() {
+                    tracing::info!(
+                        "restart {} of the group ({} job {}): resuming from the latest checkpoint",
+                        w.restart,
+                        w.source,
+                        w.run_id
+                    );
+                    Resume::Auto
+                } else {
+                    tracing::warn!(
+                        "restart {} of the group ({} job {:?}): keeping the command line's \
+                         --resume, since this run directory was not started by the job's first \
+                         attempt ({}); use --resume auto to continue whatever is there",
+                        w.restart,
+                        w.source,
+                        w.run_id,
+                        marker.display()
+                    );
+                    resume
+                }
             } else {
                 resume
             };
@@ -317,6 +338,10 @@ fn run() -> Result<()> {
                 max_restarts: cli.max_restarts,
                 timeout_s: cli.timeout,
                 gpus: cli.gpus.is_some(),
+                ring_device: match cli.device {
+                    DeviceArg::Wgpu => "wgpu",
+                    _ => "cpu",
+                },
             })
         }
         (None, Some(config)) => train(config, cli.resume, cli.overrides, cli.timeout, cli.device),

@@ -136,9 +136,12 @@ pub fn ring_addresses(
     let keys: Vec<String> = (0..env.world_size).map(|r| format!("addr/{r}")).collect();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     if let Err(e) = store.wait(&refs, "every rank's ring address") {
+        if e.downcast_ref::<store::WaitTimedOut>().is_none() {
+            return Err(e);
+        }
         let mut missing = Vec::new();
         for (r, k) in keys.iter().enumerate() {
-            if !store.check(&[k]).unwrap_or(false) {
+            if !store.check(&[k])? {
                 missing.push(match env.local_world {
                     Some(n) if n > 0 => format!("rank {r} (node {})", r / n),
                     _ => format!("rank {r}"),

@@ -46,14 +46,37 @@ const MAGIC: u32 = 0x3C85_F7CE;
 const READY: u8 = 0x00;
 const NOT_READY: u8 = 0x01;
 const WAIT_CANCELED: u8 = 0x01;
-/// What the store's proofs are bound to.
+/// What the client's and the store's proofs are bound to.
 const CONTEXT: &[u8] = b"rotor-store-v1";
-/// Limits of torch's libuv server, kept by rotor's server and client.
+const SERVER_CONTEXT: &[u8] = b"rotor-store-server-v1";
+/// Limits of torch's libuv server, kept by rotor's server.
 const MAX_KEY: u64 = 8 << 10;
 const MAX_VALUE: u64 = 8 << 20;
 const MAX_KEYS: u64 = 131_072;
 /// How long a new connection may take to say hello and prove itself.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// A WAIT that timed out (the keys did not all appear in time); the connection stays usable.
+#[derive(Debug)]
+pub struct WaitTimedOut(String);
+
+impl std::fmt::Display for WaitTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WaitTimedOut {}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// The most connections rotor's store serves at once (a run needs one or two per worker).
+const MAX_CONNECTIONS: usize = 4096;
 
 fn push_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     buf.extend_from_slice(&(b.len() as u64).to_le_bytes());
@@ -113,7 +136,7 @@ impl Store {
                 );
             }
             std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-            pause = (pause.mul_f64(1.5)).min(Duration::from_secs(2));
+            pause = pause.mul_f64(1.5).min(Duration::from_secs(2));
         }
     }
 
@@ -138,22 +161,30 @@ impl Store {
             );
         }
         if let Some(secret) = secret {
-            self.send(&[query::AUTH])?;
-            let mut challenge = [0u8; trainer::auth::NONCE_LEN];
-            self.read_within(
-                &mut challenge,
-                self.timeout.min(HANDSHAKE),
-                "the run secret",
-            )
-            .with_context(|| {
-                format!(
-                    "the rendezvous store at {} does not ask for rotor's run secret: is it \
-                         another program's (or torchrun's, then TORCHELASTIC_USE_AGENT_STORE must \
-                         be True)?",
+            // Mutual: the store proves the secret over our nonce, then we over its nonce.
+            let mine = RunSecret::nonce();
+            let mut hello = vec![query::AUTH];
+            hello.extend_from_slice(&mine);
+            self.send(&hello)?;
+            let mut reply = [0u8; trainer::auth::NONCE_LEN + trainer::auth::PROOF_LEN];
+            self.read_within(&mut reply, self.timeout.min(HANDSHAKE), "the run secret")
+                .with_context(|| {
+                    format!(
+                        "the rendezvous store at {} does not take rotor's run secret: is it \
+                         another program's, torchrun's (then TORCHELASTIC_USE_AGENT_STORE must be \
+                         True), or did rank 0 start without ROTOR_RUN_SECRET?",
+                        self.addr
+                    )
+                })?;
+            let (theirs, proof) = reply.split_at(trainer::auth::NONCE_LEN);
+            if !secret.verify(SERVER_CONTEXT, &mine, b"", proof) {
+                bail!(
+                    "the rendezvous store at {} does not know this run's secret: it belongs to \
+                     another run (every process of a run needs the same ROTOR_RUN_SECRET)",
                     self.addr
-                )
-            })?;
-            self.send(&secret.proof(CONTEXT, &challenge, b""))?;
+                );
+            }
+            self.send(&secret.proof(CONTEXT, theirs, b""))?;
             let mut ack = [0u8; 1];
             self.read_within(&mut ack, self.timeout.min(HANDSHAKE), "the run secret")
                 .with_context(|| {
@@ -163,6 +194,12 @@ impl Store {
                         self.addr
                     )
                 })?;
+            if ack[0] != 1 {
+                bail!(
+                    "rendezvous store at {}: unexpected answer to the run secret",
+                    self.addr
+                );
+            }
         }
         Ok(())
     }
@@ -176,20 +213,28 @@ impl Store {
         })
     }
 
-    fn read_within(&mut self, buf: &mut [u8], patience: Duration, what: &str) -> Result<()> {
+    fn read_raw(&mut self, buf: &mut [u8], patience: Duration) -> std::io::Result<()> {
         self.stream
-            .set_read_timeout(Some(patience.max(Duration::from_millis(1))))
-            .context("store socket")?;
-        self.stream.read_exact(buf).map_err(|e| {
-            let why = match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    format!("no answer within {patience:?}")
-                }
-                std::io::ErrorKind::UnexpectedEof => "it closed the connection".to_string(),
-                _ => e.to_string(),
-            };
-            anyhow::anyhow!("rendezvous store at {}: {what}: {why}", self.addr)
-        })
+            .set_read_timeout(Some(patience.max(Duration::from_millis(1))))?;
+        self.stream.read_exact(buf)
+    }
+
+    fn explain(&self, e: std::io::Error, patience: Duration, what: &str) -> anyhow::Error {
+        let why = if is_timeout(&e) {
+            format!("no answer within {patience:?}")
+        } else if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "it closed the connection (rank 0 or torchrun's agent exited, or rotor's store \
+             refused this process: without the run's ROTOR_RUN_SECRET it lets nobody in)"
+                .to_string()
+        } else {
+            e.to_string()
+        };
+        anyhow::anyhow!("rendezvous store at {}: {what}: {why}", self.addr)
+    }
+
+    fn read_within(&mut self, buf: &mut [u8], patience: Duration, what: &str) -> Result<()> {
+        self.read_raw(buf, patience)
+            .map_err(|e| self.explain(e, patience, what))
     }
 
     /// How long a query may wait.
@@ -219,16 +264,15 @@ impl Store {
         }
         self.send(&req)?;
         let mut reply = [0u8; 1];
-        let waited = self.read_within(&mut reply, self.timeout, what);
-        if waited.is_ok() {
-            if reply[0] != READY {
-                bail!(
-                    "rendezvous store at {}: WAIT answered {:#04x}",
-                    self.addr,
-                    reply[0]
-                );
-            }
-            return Ok(());
+        match self.read_raw(&mut reply, self.timeout) {
+            Ok(()) if reply[0] == READY => return Ok(()),
+            Ok(()) => bail!(
+                "rendezvous store at {}: WAIT answered {:#04x}",
+                self.addr,
+                reply[0]
+            ),
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return Err(self.explain(e, self.timeout, what)),
         }
         // Timed out: cancel. The store answers WAIT_CANCELED, after READY if that raced ahead.
         self.send(&[query::CANCEL_WAIT])?;
@@ -237,11 +281,11 @@ impl Store {
             self.read_within(&mut reply, HANDSHAKE, "cancelling a wait")?;
             return Ok(());
         }
-        bail!(
+        Err(WaitTimedOut(format!(
             "waited {:?} for {what} at the rendezvous store {}, in vain",
-            self.timeout,
-            self.addr
-        )
+            self.timeout, self.addr
+        ))
+        .into())
     }
 
     /// Waits for `name`, then reads it (WAIT then GET, as torch's client does).
@@ -296,8 +340,9 @@ struct Shared {
     changed: Notify,
 }
 
-/// Serves a store on `host:port` (every address `host` resolves to that is this machine's) in a
-/// background thread; returns once it listens. With `secret`, clients must prove it.
+/// Serves a store on `host:port` (the first address `host` resolves to that this machine can bind;
+/// port 0: one the system picks) in a background thread; returns the address once it listens.
+/// With `secret`, clients must prove it (and the store proves it to them).
 pub fn serve(host: &str, port: u16, secret: Option<RunSecret>) -> Result<SocketAddr> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -332,9 +377,23 @@ pub fn serve(host: &str, port: u16, secret: Option<RunSecret>) -> Result<SocketA
         .spawn(move || {
             let shared = Arc::new(Shared::default());
             let secret = Arc::new(secret);
+            let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
             rt.block_on(async move {
                 loop {
-                    let Ok((sock, peer)) = listener.accept().await else {
+                    let (sock, peer) = match listener.accept().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Out of descriptors, an aborted connection: wait, do not spin.
+                            tracing::debug!("rendezvous store {local}: accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(
+                            "rendezvous store {local}: refused the connection from {peer}: \
+                             {MAX_CONNECTIONS} connections are open"
+                        );
                         continue;
                     };
                     let (shared, secret) = (shared.clone(), secret.clone());
@@ -345,6 +404,7 @@ pub fn serve(host: &str, port: u16, secret: Option<RunSecret>) -> Result<SocketA
                                 "rendezvous store {local}: refused the connection from {peer}: {why}"
                             );
                         }
+                        drop(slot);
                     });
                 }
             });
@@ -385,32 +445,61 @@ async fn session(
 ) -> Result<(), String> {
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
+    // Until the client has said hello (and proven the secret, when there is one), everything must
+    // happen within HANDSHAKE: a stranger cannot hold a connection open.
     let hello = async {
-        let code = r.read_u8().await.map_err(|e| e.to_string())?;
-        let magic = r.read_u32_le().await.map_err(|e| e.to_string())?;
+        let io = |e: std::io::Error| e.to_string();
+        let code = r.read_u8().await.map_err(io)?;
+        let magic = r.read_u32_le().await.map_err(io)?;
         if code != query::VALIDATE || magic != MAGIC {
             return Err(format!(
                 "it did not open with the TCPStore handshake (first bytes {code:#04x} {magic:#010x})"
             ));
         }
-        Ok(())
+        let Some(secret) = secret else {
+            return Ok(());
+        };
+        loop {
+            match r.read_u8().await.map_err(io)? {
+                query::PING => {
+                    let nonce = r.read_u32_le().await.map_err(io)?;
+                    w.write_all(&nonce.to_le_bytes()).await.map_err(io)?;
+                }
+                query::AUTH => {
+                    let mut theirs = [0u8; trainer::auth::NONCE_LEN];
+                    r.read_exact(&mut theirs).await.map_err(io)?;
+                    let mine = RunSecret::nonce();
+                    let mut reply = mine.to_vec();
+                    reply.extend_from_slice(&secret.proof(SERVER_CONTEXT, &theirs, b""));
+                    w.write_all(&reply).await.map_err(io)?;
+                    let mut proof = [0u8; trainer::auth::PROOF_LEN];
+                    r.read_exact(&mut proof).await.map_err(io)?;
+                    if !secret.verify(CONTEXT, &mine, b"", &proof) {
+                        return Err(
+                            "a wrong proof of the run secret (another run's worker?)".into()
+                        );
+                    }
+                    w.write_all(&[1]).await.map_err(io)?;
+                    return Ok(());
+                }
+                code => {
+                    return Err(format!(
+                        "query {code:#04x} before proving the run secret (a process of another \
+                         run, or one without ROTOR_RUN_SECRET?)"
+                    ));
+                }
+            }
+        }
     };
     tokio::time::timeout(HANDSHAKE, hello)
         .await
         .map_err(|_| format!("no handshake within {HANDSHAKE:?}"))??;
-    let mut proven = secret.is_none();
     let io = |e: std::io::Error| e.to_string();
     loop {
         let code = match r.read_u8().await {
             Ok(c) => c,
             Err(_) => return Ok(()),
         };
-        if !proven && !matches!(code, query::PING | query::AUTH) {
-            return Err(format!(
-                "query {code:#04x} before proving the run secret (a process of another run, or \
-                 one without ROTOR_RUN_SECRET?)"
-            ));
-        }
         match code {
             query::VALIDATE => {
                 if r.read_u32_le().await.map_err(io)? != MAGIC {
@@ -421,22 +510,13 @@ async fn session(
                 let nonce = r.read_u32_le().await.map_err(io)?;
                 w.write_all(&nonce.to_le_bytes()).await.map_err(io)?;
             }
+            query::AUTH if secret.is_some() => return Err("a second run-secret handshake".into()),
             query::AUTH => {
-                let Some(secret) = secret else {
-                    return Err("it offers a run secret this store does not have".into());
-                };
-                let challenge = RunSecret::nonce();
-                w.write_all(&challenge).await.map_err(io)?;
-                let mut proof = [0u8; trainer::auth::PROOF_LEN];
-                tokio::time::timeout(HANDSHAKE, r.read_exact(&mut proof))
-                    .await
-                    .map_err(|_| "no proof of the run secret in time".to_string())?
-                    .map_err(io)?;
-                if !secret.verify(CONTEXT, &challenge, b"", &proof) {
-                    return Err("a wrong proof of the run secret (another run's worker?)".into());
-                }
-                proven = true;
-                w.write_all(&[1]).await.map_err(io)?;
+                return Err(
+                    "it offers a run secret, and this store has none (rank 0 was \
+                            started without ROTOR_RUN_SECRET?)"
+                        .into(),
+                );
             }
             query::SET => {
                 let k = read_bytes(&mut r, MAX_KEY, "key").await?;
@@ -552,11 +632,6 @@ mod tests {
         }
     }
 
-    fn free_port() -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    }
-
     fn strs(v: &serde_json::Value) -> Vec<String> {
         v.as_array()
             .unwrap()
@@ -647,8 +722,7 @@ mod tests {
     #[test]
     fn server_answers_torchs_client_exactly_as_torchs_server_did() {
         let t = transcript();
-        let port = free_port();
-        serve("127.0.0.1", port, None).unwrap();
+        let port = serve("127.0.0.1", 0, None).unwrap().port();
         // The other rank's key, set on its own connection as in the recording.
         let mut other =
             Store::connect("127.0.0.1", port, &t.prefix, None, Duration::from_secs(5)).unwrap();
@@ -673,10 +747,9 @@ mod tests {
 
     #[test]
     fn server_refuses_strangers_and_garbage_and_keeps_serving() {
-        let port = free_port();
         let secret = RunSecret::random();
-        serve("127.0.0.1", port, Some(secret.clone())).unwrap();
-        let t = Duration::from_secs(5);
+        let port = serve("127.0.0.1", 0, Some(secret.clone())).unwrap().port();
+        let t = Duration::from_secs(30);
         let mut good = Store::connect("127.0.0.1", port, "/r/rotor/0/", Some(&secret), t).unwrap();
         // A waiter on its own connection, woken by a set on another.
         let waiter = {
@@ -732,18 +805,20 @@ mod tests {
 
     #[test]
     fn clients_time_out_naming_the_address_and_what_they_waited_for() {
-        let unused = free_port();
+        // Port 1 (tcpmux): privileged and unused, so no other test can take it in between.
+        let unused = 1;
         let err = Store::connect("127.0.0.1", unused, "/", None, Duration::from_millis(300))
             .err()
             .unwrap()
             .to_string();
         assert!(err.contains(&format!("127.0.0.1:{unused}")), "{err}");
-        let port = free_port();
-        serve("127.0.0.1", port, None).unwrap();
+        let port = serve("127.0.0.1", 0, None).unwrap().port();
         let mut s =
             Store::connect("127.0.0.1", port, "/x/", None, Duration::from_millis(500)).unwrap();
         let start = Instant::now();
-        let err = s.get("addr/1", "rank 1 (node 1)").unwrap_err().to_string();
+        let err = s.get("addr/1", "rank 1 (node 1)").unwrap_err();
+        assert!(err.downcast_ref::<WaitTimedOut>().is_some(), "{err}");
+        let err = err.to_string();
         assert!(err.contains("rank 1 (node 1)"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(3));
         // The connection is still usable after the cancelled wait.

@@ -4,6 +4,7 @@
 //! exits at once). A worker whose launcher died exits instead of running on as an orphan.
 
 use std::{
+    path::{Path, PathBuf},
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
@@ -63,6 +64,60 @@ pub enum DeviceKind {
     Cpu,
     /// burn-cuda on GPU `LOCAL_RANK` (NCCL between processes).
     Cuda,
+    /// burn's wgpu backend on the default adapter (any Vulkan / Metal / DX12 device; TCP ring
+    /// between processes). Needs the feature `wgpu`.
+    Wgpu,
+}
+
+/// Trains on the ring-connected host backends (Flex, wgpu) with `comm`.
+fn train_host(
+    device: DeviceKind,
+    cfg: TrainConfig,
+    resume: Resume,
+    comm: Box<dyn Communicator>,
+    stop: Arc<AtomicBool>,
+    started: impl FnOnce(&Path),
+) -> Result<Outcome> {
+    match device {
+        DeviceKind::Cpu => train_with::<Cpu>(cfg, Default::default(), resume, comm, stop, started),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => {
+            type Wgpu = burn::backend::Autodiff<trainer::quantizers::burn_wgpu::Wgpu>;
+            let device = trainer::quantizers::burn_wgpu::WgpuDevice::default();
+            tracing::info!("training on wgpu ({device:?})");
+            train_with::<Wgpu>(cfg, device, resume, comm, stop, started)
+        }
+        #[cfg(not(feature = "wgpu"))]
+        DeviceKind::Wgpu => anyhow::bail!(
+            "this launch binary was built without the wgpu backend: rebuild with \
+             `cargo build --release -p launch --features wgpu`"
+        ),
+        DeviceKind::Cuda => unreachable!("CUDA trains through NCCL"),
+    }
+}
+
+/// Where a torchrun / SLURM job's first attempt leaves its run id once training has started in
+/// a run directory: a restart of the same job may then resume whatever `--resume` said.
+pub fn first_attempt_marker(run_dir: &Path) -> PathBuf {
+    run_dir.join("logs").join("first-attempt-run-id")
+}
+
+/// Whether a run id names one job (torchrun's `none` and rotor's default do not).
+pub fn distinctive_run_id(run_id: &str) -> bool {
+    !matches!(run_id.trim(), "" | "none" | "rotor")
+}
+
+/// What a worker records once its trainer is set up (the resume decision was accepted).
+fn started_by(env: &WorkerEnv) -> impl FnOnce(&Path) + use<> {
+    let (rank, restart, run_id) = (env.rank, env.restart, env.run_id.clone());
+    move |run_dir: &Path| {
+        if rank == 0 && restart == 0 && distinctive_run_id(&run_id) {
+            let marker = first_attempt_marker(run_dir);
+            if let Err(e) = std::fs::write(&marker, &run_id) {
+                tracing::warn!("cannot write {}: {e}", marker.display());
+            }
+        }
+    }
 }
 
 fn train_with<B: burn::tensor::backend::AutodiffBackend>(
@@ -71,9 +126,11 @@ fn train_with<B: burn::tensor::backend::AutodiffBackend>(
     resume: Resume,
     comm: Box<dyn Communicator>,
     stop: Arc<AtomicBool>,
+    started: impl FnOnce(&Path),
 ) -> Result<Outcome> {
     let mut trainer =
         Trainer::<B>::with_communicator(cfg, device, resume, comm)?.with_stop_flag(stop);
+    started(trainer.run_dir());
     let val = trainer.run()?;
     Ok(Outcome {
         step: trainer.step(),
@@ -97,20 +154,22 @@ pub fn run(
     install_stop_signals(&stop)?;
     let Some(env) = env else {
         return match device {
-            DeviceKind::Cpu => train_with::<Cpu>(
+            DeviceKind::Cuda => cuda::single(cfg, resume, stop),
+            host => train_host(
+                host,
                 cfg,
-                Default::default(),
                 resume,
                 Box::new(trainer::SingleProcess),
                 stop,
+                |_: &Path| {},
             ),
-            DeviceKind::Cuda => cuda::single(cfg, resume, stop),
         };
     };
     watch_launcher();
     let mut joined = rendezvous::join(env, timeout)?;
     match device {
-        DeviceKind::Cpu => {
+        DeviceKind::Cuda => cuda::worker(cfg, env, &mut joined.store, resume, stop),
+        host => {
             let (listener, addrs) = rendezvous::ring_addresses(env, &mut joined)?;
             let ring = TcpRing::connect(
                 env.rank,
@@ -129,9 +188,8 @@ pub fn run(
                 env.master_addr,
                 env.master_port
             );
-            train_with::<Cpu>(cfg, Default::default(), resume, Box::new(ring), stop)
+            train_host(host, cfg, resume, Box::new(ring), stop, started_by(env))
         }
-        DeviceKind::Cuda => cuda::worker(cfg, env, &mut joined.store, resume, stop),
     }
 }
 
@@ -142,7 +200,7 @@ mod cuda {
     use anyhow::{Result, anyhow};
     use trainer::{Resume, TrainConfig, nccl::NcclComm};
 
-    use super::{Outcome, train_with};
+    use super::{Outcome, started_by, train_with};
     use crate::{env::WorkerEnv, store::Store};
 
     type Gpu = burn::backend::Autodiff<burn::backend::Cuda>;
@@ -161,7 +219,14 @@ mod cuda {
         let id = NcclComm::unique_id_hex().map_err(|e| anyhow!("{e}"))?;
         let comm = NcclComm::connect(0, 1, ordinal(0), &id).map_err(|e| anyhow!("{e}"))?;
         let device = burn::backend::cuda::CudaDevice::new(ordinal(0));
-        train_with::<Gpu>(cfg, device, resume, Box::new(comm), stop)
+        train_with::<Gpu>(
+            cfg,
+            device,
+            resume,
+            Box::new(comm),
+            stop,
+            |_: &std::path::Path| {},
+        )
     }
 
     pub fn worker(
@@ -190,6 +255,7 @@ mod cuda {
             resume,
             Box::new(comm),
             stop,
+            started_by(env),
         )
     }
 }

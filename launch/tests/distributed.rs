@@ -544,27 +544,21 @@ fn a_node_that_never_arrives_fails_node_0_within_the_timeout_naming_it() {
     assert!(text.contains("worker rank 0 failed"), "{text}");
 }
 
-/// torchrun restarts a failed group with the same command line and TORCHELASTIC_RESTART_COUNT
-/// raised: the workers resume from the latest checkpoint even though it says `--resume never`.
-#[test]
-fn a_torchrun_restart_resumes_whatever_the_command_line_says() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = setup(tmp.path(), 3, 3);
-    run_ok(&cfg, &["--cpu", "2", "--timeout", "30"]);
-    let cfg = setup(tmp.path(), 5, 3);
+/// Two hand-started workers as torchrun starts them (`--resume never` on the command line).
+fn torchrun_workers(cfg: &Path, run_id: &str, restart: usize) -> Vec<std::process::Output> {
     let port = free_port();
     let workers: Vec<_> = (0..2)
         .map(|rank| {
             Command::new(exe())
                 .args(["--resume", "never", "--timeout", "30"])
-                .arg(&cfg)
+                .arg(cfg)
                 .env("RANK", rank.to_string())
                 .env("LOCAL_RANK", rank.to_string())
                 .env("WORLD_SIZE", "2")
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", port.to_string())
-                .env("TORCHELASTIC_RUN_ID", "restart-test")
-                .env("TORCHELASTIC_RESTART_COUNT", "1")
+                .env("TORCHELASTIC_RUN_ID", run_id)
+                .env("TORCHELASTIC_RESTART_COUNT", restart.to_string())
                 .env_remove("ROTOR_RUN_SECRET")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -572,8 +566,30 @@ fn a_torchrun_restart_resumes_whatever_the_command_line_says() {
                 .unwrap()
         })
         .collect();
-    for w in workers {
-        let o = w.wait_with_output().unwrap();
+    workers
+        .into_iter()
+        .map(|w| w.wait_with_output().unwrap())
+        .collect()
+}
+
+/// torchrun restarts a failed group with the same command line and TORCHELASTIC_RESTART_COUNT
+/// raised: the workers resume from the latest checkpoint even though it says `--resume never`,
+/// when the run directory was started by the same job; another job's restart keeps `never` and
+/// is refused, changing nothing.
+#[test]
+fn a_torchrun_restart_resumes_whatever_the_command_line_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), 3, 3);
+    for o in torchrun_workers(&cfg, "job-a", 0) {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let cfg = setup(tmp.path(), 5, 3);
+    // Another job's restart in this directory: `--resume never` stands, and refuses.
+    let before = metrics(tmp.path()).len();
+    let other = torchrun_workers(&cfg, "job-b", 1);
+    assert!(other.iter().any(|o| !o.status.success()));
+    assert_eq!(metrics(tmp.path()).len(), before);
+    for o in torchrun_workers(&cfg, "job-a", 1) {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let log = std::fs::read_to_string(tmp.path().join("runs/tiny/logs/rank-0.log")).unwrap();

@@ -48,3 +48,8 @@ pub use vq::{CodebookLearning, VectorQuantizer, VqConfig};
 
 /// The CPU training backend used by tests and CPU runs.
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
+
+/// burn's wgpu backend (feature `wgpu`): `Autodiff<burn_wgpu::Wgpu>` trains on any Vulkan, Metal or
+/// DX12 device, Mesa's software Vulkan (lavapipe) included.
+#[cfg(feature = "wgpu")]
+pub use burn_wgpu;

@@ -1,7 +1,9 @@
 //! Golden cases computed by vector-quantize-pytorch itself (`../shared/golden/quantizers`, copied
 //! into `tests/golden/`). Every `*.safetensors` case of the directory is checked; a case of an
 //! unknown kind or estimator fails. `QUANTIZER_GOLDEN_DIR` points the test at another directory.
-//! Indices must be equal; floats within 1e-5 + 1e-4*|want|.
+//! Indices must be equal; floats within 1e-5 + 1e-4*|want| on Flex. With the feature `wgpu` every
+//! case is checked again on `Autodiff<Wgpu>` (in CI: Mesa's lavapipe), whose reductions sum in
+//! another order: there the absolute floor is 2e-5 (same relative tolerance).
 
 mod common;
 
@@ -12,7 +14,10 @@ use std::{
 
 use burn::{
     module::{Param, ParamId},
-    tensor::{Int, Tensor, TensorData},
+    tensor::{
+        Int, Tensor, TensorData,
+        backend::{AutodiffBackend, Backend},
+    },
 };
 use common::{B, check_close, device, floats, ints};
 use quantizers::{
@@ -24,6 +29,15 @@ use safetensors::{Dtype, SafeTensors};
 
 const ATOL: f32 = 1e-5;
 const RTOL: f32 = 1e-4;
+/// The absolute floor on wgpu (lavapipe sums in another order than Flex).
+#[cfg(feature = "wgpu")]
+const ATOL_WGPU: f32 = 2e-5;
+
+/// Where a case runs: the backend's device and the absolute tolerance there.
+struct On<Bk: Backend> {
+    device: Bk::Device,
+    atol: f32,
+}
 
 struct Case {
     meta: HashMap<String, String>,
@@ -82,19 +96,19 @@ impl Case {
             .ok_or_else(|| format!("tensor `{name}` missing"))
     }
 
-    fn t1(&self, name: &str) -> Result<Tensor<B, 1>, String> {
+    fn t1<Bk: Backend>(&self, name: &str, on: &On<Bk>) -> Result<Tensor<Bk, 1>, String> {
         let (v, s) = self.f(name)?;
         Ok(Tensor::from_data(
             TensorData::new(v.clone(), [s[0]]),
-            &device(),
+            &on.device,
         ))
     }
 
-    fn t2(&self, name: &str) -> Result<Tensor<B, 2>, String> {
+    fn t2<Bk: Backend>(&self, name: &str, on: &On<Bk>) -> Result<Tensor<Bk, 2>, String> {
         let (v, s) = self.f(name)?;
         Ok(Tensor::from_data(
             TensorData::new(v.clone(), [s[0], s[1]]),
-            &device(),
+            &on.device,
         ))
     }
 
@@ -110,11 +124,11 @@ impl Case {
     }
 }
 
-fn close(name: &str, got: Vec<f32>, want: &[f32]) -> Result<(), String> {
-    check_close(name, &got, want, ATOL, RTOL)
+fn close<Bk: Backend>(on: &On<Bk>, name: &str, got: Vec<f32>, want: &[f32]) -> Result<(), String> {
+    check_close(name, &got, want, on.atol, RTOL)
 }
 
-fn same_indices(got: Tensor<B, 2, Int>, want: &[i64]) -> Result<(), String> {
+fn same_indices<Bk: Backend>(got: Tensor<Bk, 2, Int>, want: &[i64]) -> Result<(), String> {
     let got = ints(got);
     if got.len() != want.len() {
         return Err(format!(
@@ -132,7 +146,7 @@ fn same_indices(got: Tensor<B, 2, Int>, want: &[i64]) -> Result<(), String> {
     }
 }
 
-fn check_vq(case: &Case) -> Result<(), String> {
+fn check_vq<Bk: AutodiffBackend>(case: &Case, on: &On<Bk>) -> Result<(), String> {
     let distance = match case.meta("distance")? {
         "euclidean" => Distance::Euclidean,
         "cosine" => Distance::Cosine,
@@ -157,36 +171,39 @@ fn check_vq(case: &Case) -> Result<(), String> {
         eps: case.meta_f32("eps")?,
         init_cluster_size: 1.0,
     };
-    let mut vq = cfg.init::<B>(&device()).map_err(|e| e.to_string())?;
-    vq.codebook = Param::initialized(ParamId::new(), case.t2("codebook")?);
-    vq.cluster_size = Param::initialized(ParamId::new(), case.t1("cluster_size")?);
-    vq.embed_avg = Param::initialized(ParamId::new(), case.t2("embed_avg")?);
+    let mut vq = cfg.init::<Bk>(&on.device).map_err(|e| e.to_string())?;
+    vq.codebook = Param::initialized(ParamId::new(), case.t2("codebook", on)?);
+    vq.cluster_size = Param::initialized(ParamId::new(), case.t1("cluster_size", on)?);
+    vq.embed_avg = Param::initialized(ParamId::new(), case.t2("embed_avg", on)?);
 
-    let e = case.t2("e")?.require_grad();
+    let e = case.t2("e", on)?.require_grad();
     let out = vq.quantize(e.clone(), Mode::Train);
     same_indices(out.indices.clone(), case.want_indices()?)?;
-    close("q", floats(out.quantized.clone()), case.want("q")?)?;
-    let loss = (out.quantized.clone() * case.t2("upstream_grad")?).sum();
+    close(on, "q", floats(out.quantized.clone()), case.want("q")?)?;
+    let loss = (out.quantized.clone() * case.t2("upstream_grad", on)?).sum();
     let grads = loss.backward();
     let grad_e = e.grad(&grads).ok_or("no gradient reached e")?;
-    close("grad_e", floats(grad_e), case.want("grad_e")?)?;
+    close(on, "grad_e", floats(grad_e), case.want("grad_e")?)?;
     let commit = out.loss_value("commitment").ok_or("no commitment loss")? / commitment_weight;
-    close("commit_loss", vec![commit], case.want("commit_loss")?)?;
+    close(on, "commit_loss", vec![commit], case.want("commit_loss")?)?;
 
     let mut rng = QuantRng::seed_from_u64(0);
     vq.apply_stats(out.stats, &mut rng)
         .map_err(|e| e.to_string())?;
     close(
+        on,
         "new_cluster_size",
         floats(vq.cluster_size.val()),
         case.want("new_cluster_size")?,
     )?;
     close(
+        on,
         "new_embed_avg",
         floats(vq.embed_avg.val()),
         case.want("new_embed_avg")?,
     )?;
     close(
+        on,
         "new_codebook",
         floats(vq.codebook.val()),
         case.want("new_codebook")?,
@@ -194,7 +211,7 @@ fn check_vq(case: &Case) -> Result<(), String> {
     Ok(())
 }
 
-fn check_lfq(case: &Case) -> Result<(), String> {
+fn check_lfq<Bk: AutodiffBackend>(case: &Case, on: &On<Bk>) -> Result<(), String> {
     let (_, shape) = case.f("x")?;
     if let Some(order) = case.meta.get("bit_order")
         && !order.contains("first dimension is the most significant")
@@ -211,31 +228,38 @@ fn check_lfq(case: &Case) -> Result<(), String> {
             v.parse().map_err(|e| format!("codebook_scale: {e}"))
         })?,
     };
-    let lfq = AnyQuantizer::Lfq(cfg.init::<B>(&device()).map_err(|e| e.to_string())?);
-    let x = case.t2("x")?.require_grad();
+    let lfq = AnyQuantizer::Lfq(cfg.init::<Bk>(&on.device).map_err(|e| e.to_string())?);
+    let x = case.t2("x", on)?.require_grad();
     let out = lfq.quantize(x.clone(), Mode::Train);
     same_indices(out.indices.clone(), case.want_indices()?)?;
-    close("q", floats(out.quantized.clone()), case.want("q")?)?;
+    close(on, "q", floats(out.quantized.clone()), case.want("q")?)?;
     let per_sample = out
         .loss_value("per_sample_entropy")
         .ok_or("no per-sample entropy")?
         / cfg.entropy_loss_weight;
     close(
+        on,
         "per_sample_entropy",
         vec![per_sample],
         case.want("per_sample_entropy")?,
     )?;
     let be = out.batch_entropy.first().ok_or("no batch entropy term")?;
     let batch = floats(be.loss_local())[0] / -be.weight;
-    close("batch_entropy", vec![batch], case.want("batch_entropy")?)?;
+    close(
+        on,
+        "batch_entropy",
+        vec![batch],
+        case.want("batch_entropy")?,
+    )?;
     let commitment =
         out.loss_value("commitment").ok_or("no commitment")? / cfg.commitment_loss_weight;
-    close("commitment", vec![commitment], case.want("commitment")?)?;
-    close("aux_loss", floats(out.loss()), case.want("aux_loss")?)?;
-    let grads = (out.quantized.clone() * case.t2("upstream_grad")?)
+    close(on, "commitment", vec![commitment], case.want("commitment")?)?;
+    close(on, "aux_loss", floats(out.loss()), case.want("aux_loss")?)?;
+    let grads = (out.quantized.clone() * case.t2("upstream_grad", on)?)
         .sum()
         .backward();
     close(
+        on,
         "grad_x",
         floats(x.grad(&grads).ok_or("no gradient reached x")?),
         case.want("grad_x")?,
@@ -243,27 +267,34 @@ fn check_lfq(case: &Case) -> Result<(), String> {
     Ok(())
 }
 
-fn check_fsq(case: &Case) -> Result<(), String> {
+fn check_fsq<Bk: AutodiffBackend>(case: &Case, on: &On<Bk>) -> Result<(), String> {
     let levels: Vec<u32> =
         serde_json::from_str(case.meta("levels")?).map_err(|e| format!("levels: {e}"))?;
     let fsq = AnyQuantizer::Fsq(
         FsqConfig { levels }
-            .init::<B>(&device())
+            .init::<Bk>(&on.device)
             .map_err(|e| e.to_string())?,
     );
-    let z = case.t2("z")?.require_grad();
+    let z = case.t2("z", on)?.require_grad();
     let out = fsq.quantize(z.clone(), Mode::Train);
     same_indices(out.indices.clone(), case.want_indices()?)?;
-    close("codes", floats(out.quantized.clone()), case.want("codes")?)?;
-    let grads = (out.quantized.clone() * case.t2("upstream_grad")?)
+    close(
+        on,
+        "codes",
+        floats(out.quantized.clone()),
+        case.want("codes")?,
+    )?;
+    let grads = (out.quantized.clone() * case.t2("upstream_grad", on)?)
         .sum()
         .backward();
     close(
+        on,
         "grad_z",
         floats(z.grad(&grads).ok_or("no gradient reached z")?),
         case.want("grad_z")?,
     )?;
     close(
+        on,
         "codes_from_indices",
         floats(fsq.decode(out.indices)),
         case.want("codes_from_indices")?,
@@ -271,16 +302,35 @@ fn check_fsq(case: &Case) -> Result<(), String> {
     Ok(())
 }
 
-fn check_case(path: &Path) -> Result<String, String> {
-    let case = Case::load(path)?;
+fn check_on<Bk: AutodiffBackend>(case: &Case, on: &On<Bk>) -> Result<String, String> {
     let kind = case.meta("kind")?.to_string();
     match kind.as_str() {
-        "vq" => check_vq(&case),
-        "lfq" => check_lfq(&case),
-        "fsq" => check_fsq(&case),
+        "vq" => check_vq(case, on),
+        "lfq" => check_lfq(case, on),
+        "fsq" => check_fsq(case, on),
         other => Err(format!("unknown kind `{other}`: no checker for it")),
     }?;
     Ok(kind)
+}
+
+fn flex() -> On<B> {
+    On {
+        device: device(),
+        atol: ATOL,
+    }
+}
+
+fn check_case(path: &Path) -> Result<String, String> {
+    check_on(&Case::load(path)?, &flex())
+}
+
+/// `Autodiff<Wgpu>` on the default adapter (lavapipe on a machine without a GPU).
+#[cfg(feature = "wgpu")]
+fn wgpu() -> On<burn::backend::Autodiff<quantizers::burn_wgpu::Wgpu>> {
+    On {
+        device: Default::default(),
+        atol: ATOL_WGPU,
+    }
 }
 
 fn golden_dir() -> PathBuf {
@@ -321,6 +371,27 @@ fn golden_cases_match_reference() {
         dir.display(),
         failures.len()
     );
+    #[cfg(feature = "wgpu")]
+    {
+        let on = wgpu();
+        let mut failed = 0;
+        for path in &paths {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            match Case::load(path).and_then(|c| check_on(&c, &on)) {
+                Ok(kind) => println!("golden ok   {name} ({kind}) on wgpu"),
+                Err(e) => {
+                    println!("golden FAIL {name} on wgpu: {e}");
+                    failures.push(format!("{name} on wgpu: {e}"));
+                    failed += 1;
+                }
+            }
+        }
+        println!(
+            "golden: checked {} cases in {} on wgpu, {failed} failed",
+            paths.len(),
+            dir.display()
+        );
+    }
     assert!(
         failures.is_empty(),
         "golden failures:\n{}",

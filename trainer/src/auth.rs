@@ -40,7 +40,7 @@ impl RunSecret {
     /// Parses [`RunSecret::to_hex`]'s form.
     pub fn from_hex(hex: &str) -> Option<Self> {
         let hex = hex.trim();
-        if hex.len() != 64 || !hex.is_ascii() {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut out = [0u8; 32];

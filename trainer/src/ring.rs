@@ -21,8 +21,12 @@ use crate::{
     communicator::{CommError, Communicator},
 };
 
-/// What the ring's proofs are bound to (a store proof cannot be replayed here).
+/// What the ring's proofs are bound to (a store proof cannot be replayed here): the connecting
+/// rank's, and the accepting rank's.
 const CONTEXT: &[u8] = b"rotor-ring-v1";
+const ACCEPT_CONTEXT: &[u8] = b"rotor-ring-accept-v1";
+/// Connections being checked at once; more are dropped at once (a flood cannot exhaust threads).
+const MAX_CHECKING: usize = 64;
 /// The longest a connection may take to prove itself before it is dropped.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
@@ -66,7 +70,12 @@ impl TcpRing {
         let connector = std::thread::spawn(move || -> Result<TcpStream, CommError> {
             loop {
                 match TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
-                    Ok(s) => return prove(s, rank, next_rank, target, &key, timeout),
+                    Ok(s) => {
+                        let left = deadline
+                            .saturating_duration_since(Instant::now())
+                            .max(Duration::from_secs(1));
+                        return prove(s, rank, next_rank, target, &key, left);
+                    }
                     Err(e) if Instant::now() >= deadline => {
                         return Err(CommError(format!(
                             "ring: cannot reach rank {next_rank} at {target} within the timeout: {e}"
@@ -83,12 +92,8 @@ impl TcpRing {
         // Each connection proves itself on its own thread: a silent or slow stranger cannot
         // hold up the real neighbour queued behind it.
         let (tx, rx) = std::sync::mpsc::channel::<(SocketAddr, Result<TcpStream, String>)>();
+        let checking = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let prev = 'accept: loop {
-            if Instant::now() >= deadline {
-                return Err(CommError(format!(
-                    "ring: rank {prev_rank} did not connect to rank {rank} within {timeout:?}"
-                )));
-            }
             while let Ok((peer, verdict)) = rx.try_recv() {
                 match verdict {
                     Ok(s) => break 'accept s,
@@ -97,17 +102,36 @@ impl TcpRing {
                     ),
                 }
             }
+            if Instant::now() >= deadline {
+                return Err(CommError(format!(
+                    "ring: rank {prev_rank} did not connect to rank {rank} within {timeout:?}"
+                )));
+            }
             match listener.accept() {
                 Ok((s, peer)) => {
-                    let (tx, secret) = (tx.clone(), secret.clone());
+                    use std::sync::atomic::Ordering::SeqCst;
+                    if checking.fetch_add(1, SeqCst) >= MAX_CHECKING {
+                        checking.fetch_sub(1, SeqCst);
+                        tracing::warn!(
+                            "ring: rank {rank} refused a connection from {peer}: {MAX_CHECKING} others are being checked"
+                        );
+                        continue;
+                    }
+                    let (tx, secret, checking) = (tx.clone(), secret.clone(), checking.clone());
                     std::thread::spawn(move || {
-                        let _ = tx.send((peer, check(s, prev_rank, &secret, timeout)));
+                        let verdict = check(s, rank, prev_rank, &secret, timeout);
+                        checking.fetch_sub(1, SeqCst);
+                        let _ = tx.send((peer, verdict));
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(e) => return Err(CommError(format!("ring: accept: {e}"))),
+                Err(e) => {
+                    // Out of descriptors, an aborted connection: transient; the deadline bounds it.
+                    tracing::debug!("ring: rank {rank}: accept: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
         };
         drop(listener);
@@ -232,8 +256,8 @@ impl Communicator for TcpRing {
     }
 }
 
-/// The connecting side of the handshake: read the nonce, answer with rank and proof, read the
-/// acceptance.
+/// The connecting side of the handshake: read the acceptor's nonce, answer with rank, own nonce
+/// and proof, then check the acceptor's proof over our nonce (it must be rank `next_rank`).
 fn prove(
     mut s: TcpStream,
     rank: usize,
@@ -253,17 +277,32 @@ fn prove(
     let mut nonce = [0u8; NONCE_LEN];
     s.read_exact(&mut nonce).map_err(fail)?;
     let claim = (rank as u32).to_le_bytes();
+    let mine = RunSecret::nonce();
     let mut answer = claim.to_vec();
+    answer.extend_from_slice(&mine);
     answer.extend_from_slice(&secret.proof(CONTEXT, &nonce, &claim));
     s.write_all(&answer).map_err(fail)?;
-    let mut ack = [0u8; 1];
-    s.read_exact(&mut ack).map_err(fail)?;
+    let mut proof = [0u8; PROOF_LEN];
+    s.read_exact(&mut proof).map_err(fail)?;
+    if !secret.verify(
+        ACCEPT_CONTEXT,
+        &mine,
+        &(next_rank as u32).to_le_bytes(),
+        &proof,
+    ) {
+        return Err(CommError(format!(
+            "ring: the process at {target} is not rank {next_rank} of this run (it does not know \
+             the run's secret)"
+        )));
+    }
     Ok(s)
 }
 
-/// The accepting side: send a nonce, check that the answer comes from `want_rank` of this run.
+/// The accepting side: send a nonce, check that the answer comes from `want_rank` of this run,
+/// then prove to it that this is rank `me` of the same run.
 fn check(
     mut s: TcpStream,
+    me: usize,
     want_rank: usize,
     secret: &RunSecret,
     timeout: Duration,
@@ -275,9 +314,10 @@ fn check(
     s.set_write_timeout(patience).map_err(io)?;
     let nonce = RunSecret::nonce();
     s.write_all(&nonce).map_err(io)?;
-    let mut answer = [0u8; 4 + PROOF_LEN];
+    let mut answer = [0u8; 4 + NONCE_LEN + PROOF_LEN];
     s.read_exact(&mut answer).map_err(io)?;
-    let (claim, proof) = answer.split_at(4);
+    let (claim, rest) = answer.split_at(4);
+    let (theirs, proof) = rest.split_at(NONCE_LEN);
     if !secret.verify(CONTEXT, &nonce, claim, proof) {
         return Err("it does not know the run's secret".into());
     }
@@ -287,7 +327,8 @@ fn check(
             "it is rank {claimed}, not the previous rank {want_rank}"
         ));
     }
-    s.write_all(&[1]).map_err(io)?;
+    s.write_all(&secret.proof(ACCEPT_CONTEXT, theirs, &(me as u32).to_le_bytes()))
+        .map_err(io)?;
     Ok(s)
 }
 
@@ -427,5 +468,23 @@ mod tests {
             assert!(i.join().unwrap(), "an imposter was let into the ring");
         }
         drop(noise);
+    }
+
+    #[test]
+    fn a_squatter_on_a_ranks_address_is_detected_by_the_connecting_rank() {
+        // Something listens where rank 1 should, talks the handshake, but has no secret.
+        let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = squatter.local_addr().unwrap();
+        let fake = std::thread::spawn(move || {
+            let (mut s, _) = squatter.accept().unwrap();
+            s.write_all(&RunSecret::nonce()).unwrap();
+            let mut answer = [0u8; 4 + NONCE_LEN + PROOF_LEN];
+            s.read_exact(&mut answer).unwrap();
+            s.write_all(&RunSecret::nonce()).unwrap(); // not a proof
+        });
+        let s = TcpStream::connect(at).unwrap();
+        let err = prove(s, 0, 1, at, &RunSecret::random(), Duration::from_secs(10)).unwrap_err();
+        assert!(err.0.contains("is not rank 1 of this run"), "{err}");
+        fake.join().unwrap();
     }
 }
