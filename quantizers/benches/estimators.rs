@@ -1,6 +1,7 @@
 //! Forward + backward time of the VQ layer with the rotation trick against STE, in the same run.
 //!
 //!     cargo bench -p quantizers --bench estimators [-- --reps 5]
+//!     cargo bench -p quantizers --features wgpu --bench estimators -- --backend wgpu [--only-first]
 //!
 //! Prints one JSON line per case with the median times and the ratio rotation / STE (target
 //! <= 1.10: the paper reports no measurable cost). Absolute times depend on the machine; compare
@@ -10,13 +11,15 @@ use std::time::Instant;
 
 use burn::{
     backend::{Autodiff, Flex},
-    tensor::{Distribution, Tensor},
+    tensor::{Distribution, Tensor, backend::AutodiffBackend},
 };
 use quantizers::{Estimator, Mode, Quantizer, VqConfig};
 
-type B = Autodiff<Flex>;
-
-fn step(vq: &quantizers::VectorQuantizer<B>, x: &Tensor<B, 2>, g: &Tensor<B, 2>) -> f64 {
+fn step<B: AutodiffBackend>(
+    vq: &quantizers::VectorQuantizer<B>,
+    x: &Tensor<B, 2>,
+    g: &Tensor<B, 2>,
+) -> f64 {
     let start = Instant::now();
     let x = x.clone().require_grad();
     let out = vq.quantize(x.clone(), Mode::Train);
@@ -41,14 +44,39 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(5usize);
-    let device = Default::default();
-    for (n, d, k) in [(65_536usize, 256usize, 1_024usize), (65_536, 4, 16_384)] {
-        let x = Tensor::<B, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &device);
-        let g = Tensor::<B, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &device);
+    let backend = args
+        .iter()
+        .position(|a| a == "--backend")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or("flex");
+    let mut sizes = vec![(65_536usize, 256usize, 1_024usize), (65_536, 4, 16_384)];
+    if args.iter().any(|a| a == "--only-first") {
+        sizes.truncate(1);
+    }
+    match backend {
+        "flex" => run::<Autodiff<Flex>>("flex", &Default::default(), reps, &sizes),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => {
+            run::<Autodiff<quantizers::burn_wgpu::Wgpu>>("wgpu", &Default::default(), reps, &sizes)
+        }
+        other => panic!("--backend {other}: flex, or wgpu with --features wgpu"),
+    }
+}
+
+fn run<B: AutodiffBackend>(
+    name: &str,
+    device: &B::Device,
+    reps: usize,
+    sizes: &[(usize, usize, usize)],
+) {
+    for &(n, d, k) in sizes {
+        let x = Tensor::<B, 2>::random([n, d], Distribution::Normal(0.0, 1.0), device);
+        let g = Tensor::<B, 2>::random([n, d], Distribution::Normal(0.0, 1.0), device);
         let build = |estimator| {
             let mut cfg = VqConfig::new(d, k);
             cfg.estimator = estimator;
-            cfg.init::<B>(&device).expect("valid config")
+            cfg.init::<B>(device).expect("valid config")
         };
         let ste = build(Estimator::Ste);
         let rot = build(Estimator::Rotation);
@@ -67,7 +95,7 @@ fn main() {
         }
         let (s, r) = (median(ts), median(tr));
         println!(
-            "{{\"bench\":\"vq_forward_backward\",\"backend\":\"flex\",\"n\":{n},\"d\":{d},\"k\":{k},\"reps\":{reps},\"ste_ms\":{s:.1},\"rotation_ms\":{r:.1},\"ratio\":{:.3}}}",
+            "{{\"bench\":\"vq_forward_backward\",\"backend\":\"{name}\",\"n\":{n},\"d\":{d},\"k\":{k},\"reps\":{reps},\"ste_ms\":{s:.1},\"rotation_ms\":{r:.1},\"ratio\":{:.3}}}",
             r / s
         );
     }
