@@ -10,6 +10,10 @@ use std::{
     process::Command,
 };
 
+#[path = "../../trainer/tests/support/lpips_files.rs"]
+mod lpips_files;
+use lpips_files::lpips_files;
+
 fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_launch")
 }
@@ -99,28 +103,6 @@ lr = 3e-3
     )
     .unwrap();
     cfg
-}
-
-fn lpips_files(dir: &Path) -> (PathBuf, PathBuf) {
-    let lpips = trainer::models::Lpips::<burn::backend::Flex>::new(&Default::default());
-    let taming = lpips.export_taming();
-    let (mut vgg, mut heads) = (
-        trainer::models::StateDict::default(),
-        trainer::models::StateDict::default(),
-    );
-    for name in taming.names() {
-        let e = taming.get(name).unwrap().clone();
-        if let Some(rest) = name.strip_prefix("net.slice") {
-            let (_, idx_param) = rest.split_once('.').unwrap();
-            vgg.insert(format!("features.{idx_param}"), e);
-        } else if name.starts_with("lin") {
-            heads.insert(name, e);
-        }
-    }
-    let (v, h) = (dir.join("vgg16.safetensors"), dir.join("heads.safetensors"));
-    vgg.save_safetensors(&v).unwrap();
-    heads.save_safetensors(&h).unwrap();
-    (v, h)
 }
 
 fn vqgan(dir: &Path, steps: usize) -> PathBuf {

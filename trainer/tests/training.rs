@@ -13,6 +13,10 @@ use trainer::{Resume, TrainConfig, Trainer};
 #[path = "../../models/tests/support/busy_load.rs"]
 mod busy_load;
 use busy_load::Load;
+mod support {
+    pub mod lpips_files;
+}
+use support::lpips_files::lpips_files;
 
 type B = Autodiff<Flex>;
 
@@ -472,31 +476,6 @@ fn short_real_training_on_fashion_mnist_lowers_the_loss_and_reports_usage() {
 
 /// LPIPS weight files as a user would supply them (torchvision VGG16 names, LPIPS head names),
 /// with random values: there are no real weights offline.
-fn lpips_files(dir: &Path) -> (PathBuf, PathBuf) {
-    let lpips = trainer::models::Lpips::<Flex>::new(&Default::default());
-    let taming = lpips.export_taming();
-    let (mut vgg, mut heads) = (
-        trainer::models::StateDict::default(),
-        trainer::models::StateDict::default(),
-    );
-    for name in taming.names() {
-        let e = taming.get(name).unwrap().clone();
-        if let Some(rest) = name.strip_prefix("net.slice") {
-            let (_, idx_param) = rest.split_once('.').unwrap();
-            vgg.insert(format!("features.{idx_param}"), e);
-        } else if name.starts_with("lin") {
-            heads.insert(name, e);
-        }
-    }
-    let (v, h) = (
-        dir.join("vgg16.safetensors"),
-        dir.join("vgg_heads.safetensors"),
-    );
-    vgg.save_safetensors(&v).unwrap();
-    heads.save_safetensors(&h).unwrap();
-    (v, h)
-}
-
 #[test]
 fn vqgan_objective_trains_generator_and_discriminator_and_resumes() {
     let _serial = serial();
