@@ -30,7 +30,10 @@ pub fn check_quantizer(path: &Path) -> Result<()> {
         Tensor::<CpuBackend, 2>::random([4096, dim], Distribution::Normal(0.0, 1.0), &device);
     let out = quantizer.quantize(latents, Mode::Train);
     let (used, perplexity, quant_error) = out.usage.to_host();
-    let loss = out.loss().into_scalar();
+    let loss = trainer::quantizers::host::read_scalar(
+        out.loss(),
+        trainer::quantizers::host::HostRead::Eval,
+    );
     println!(
         "{}: ok: input dim {dim}, {} codes x {} level(s); on 4096 random latents: {:.1}% codes used, perplexity {perplexity:.1}, quantization error {quant_error:.4}, quantizer loss {loss:.4}",
         path.display(),

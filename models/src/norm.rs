@@ -108,7 +108,8 @@ impl<B: Backend> ActNorm<B> {
 
     /// True until [`ActNorm::initialize`] ran.
     pub fn needs_init(&self) -> bool {
-        self.initialized.val().into_scalar().elem::<f32>() < 0.5
+        quantizers::host::read_scalar(self.initialized.val(), quantizers::host::HostRead::Init)
+            < 0.5
     }
 
     /// `loc = -mean`, `scale = 1 / (std + 1e-6)` per channel of `x` (unbiased std, as taming).
@@ -132,5 +133,3 @@ impl<B: Backend> ActNorm<B> {
         (x + self.loc.val()) * self.scale.val()
     }
 }
-
-use burn::tensor::ElementConversion;

@@ -85,7 +85,7 @@ impl StateDict {
         };
         let mut entries = BTreeMap::new();
         for (name, snapshot) in reader.into_tensors() {
-            let data = snapshot
+            let data = snapshot // host: a file's tensor snapshot, not a device tensor
                 .to_data()
                 .map_err(|e| file_err(path, format!("tensor `{name}`: {e:?}")))?;
             let shape = data.shape.to_vec();

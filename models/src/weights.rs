@@ -212,11 +212,7 @@ impl<B: Backend, N: Naming> ModuleVisitor<B> for Exporter<'_, N> {
         let key = self.naming.torch_key(&self.path.join("."));
         let t = param.val();
         let mut shape = t.dims().to_vec();
-        let mut values = t
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("f32 values");
+        let mut values = quantizers::host::read_f32(t, quantizers::host::HostRead::Checkpoint);
         if key.transpose && shape.len() == 2 {
             (shape, values) = transpose(&values, shape[0], shape[1]);
         }

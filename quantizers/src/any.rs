@@ -83,7 +83,7 @@ impl<B: Backend> Quantizer<B> for AnyQuantizer<B> {
         &mut self,
         stats: Vec<EmaStats<B>>,
         rng: &mut QuantRng,
-    ) -> Result<StatsReport, QuantizerError> {
+    ) -> Result<StatsReport<B>, QuantizerError> {
         dispatch!(self, q => q.apply_stats(stats, rng))
     }
 
@@ -125,7 +125,7 @@ impl<B: Backend> Quantizer<B> for LevelQuantizer<B> {
         &mut self,
         stats: Vec<EmaStats<B>>,
         rng: &mut QuantRng,
-    ) -> Result<StatsReport, QuantizerError> {
+    ) -> Result<StatsReport<B>, QuantizerError> {
         dispatch_level!(self, q => q.apply_stats(stats, rng))
     }
 

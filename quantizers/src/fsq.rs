@@ -174,7 +174,7 @@ impl<B: Backend> Quantizer<B> for Fsq<B> {
         &mut self,
         stats: Vec<EmaStats<B>>,
         _rng: &mut QuantRng,
-    ) -> Result<StatsReport, QuantizerError> {
+    ) -> Result<StatsReport<B>, QuantizerError> {
         if stats.is_empty() {
             Ok(StatsReport::default())
         } else {

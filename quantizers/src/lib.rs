@@ -22,6 +22,7 @@ mod cpu_rotation;
 mod error;
 mod estimator;
 mod fsq;
+pub mod host;
 mod init;
 mod kmeans;
 mod lfq;

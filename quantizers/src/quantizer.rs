@@ -59,7 +59,7 @@ pub trait Quantizer<B: Backend> {
         &mut self,
         stats: Vec<EmaStats<B>>,
         rng: &mut QuantRng,
-    ) -> Result<StatsReport, QuantizerError>;
+    ) -> Result<StatsReport<B>, QuantizerError>;
 
     /// Codes `[N, D]` for indices `[N, num_levels]` (the eval-mode output for those indices).
     fn decode(&self, indices: Tensor<B, 2, Int>) -> Tensor<B, 2>;
@@ -89,11 +89,31 @@ pub struct EmaStats<B: Backend> {
     pub candidates: Tensor<B, 2>,
 }
 
-/// What `apply_stats` did.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StatsReport {
-    /// Codes replaced by dead-code restart, summed over levels.
-    pub restarted_codes: usize,
+/// What `apply_stats` did, on the device (read it when logging: reading it every step would
+/// wait for the device every step).
+#[derive(Debug, Clone)]
+pub struct StatsReport<B: Backend> {
+    /// `[1]`: codes replaced by dead-code restart, summed over levels (`None` when no level
+    /// restarts dead codes).
+    pub restarted_codes: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Default for StatsReport<B> {
+    fn default() -> Self {
+        Self {
+            restarted_codes: None,
+        }
+    }
+}
+
+impl<B: Backend> StatsReport<B> {
+    /// Adds another level's report.
+    pub fn add(&mut self, other: StatsReport<B>) {
+        self.restarted_codes = match (self.restarted_codes.take(), other.restarted_codes) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 /// A named, already weighted scalar loss term.
@@ -173,8 +193,6 @@ impl<B: Backend> QuantOut<B> {
         self.losses
             .iter()
             .find(|t| t.name == name)
-            .map(|t| t.value.clone().into_scalar().elem::<f32>())
+            .map(|t| crate::host::read_scalar(t.value.clone(), crate::host::HostRead::Log))
     }
 }
-
-use burn::tensor::ElementConversion;

@@ -77,7 +77,7 @@ impl<B: Backend> Quantizer<B> for ResidualQuantizer<B> {
         &mut self,
         stats: Vec<EmaStats<B>>,
         rng: &mut QuantRng,
-    ) -> Result<StatsReport, QuantizerError> {
+    ) -> Result<StatsReport<B>, QuantizerError> {
         let expected = self.ema_codebooks();
         if stats.len() != expected {
             return Err(QuantizerError::StatsMismatch(format!(
@@ -89,7 +89,7 @@ impl<B: Backend> Quantizer<B> for ResidualQuantizer<B> {
         let mut report = StatsReport::default();
         for layer in &mut self.layers {
             let mine: Vec<_> = stats.by_ref().take(layer.ema_codebooks()).collect();
-            report.restarted_codes += layer.apply_stats(mine, rng)?.restarted_codes;
+            report.add(layer.apply_stats(mine, rng)?);
         }
         Ok(report)
     }

@@ -5,7 +5,10 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::quantizer::entropy;
+use crate::{
+    host::{HostRead, read_f32},
+    quantizer::entropy,
+};
 
 /// Codebook usage of one forward, as device tensors (read them only when logging).
 #[derive(Debug, Clone)]
@@ -67,35 +70,29 @@ impl<B: Backend> Usage<B> {
 
     /// Host values `(used_fraction, perplexity, quant_error)`.
     pub fn to_host(&self) -> (f32, f32, f32) {
-        let v = Tensor::cat(
-            vec![
-                self.used_fraction.clone(),
-                self.perplexity.clone(),
-                self.quant_error.clone(),
-            ],
-            0,
-        )
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("f32 data");
+        let v = read_f32(
+            Tensor::cat(
+                vec![
+                    self.used_fraction.clone(),
+                    self.perplexity.clone(),
+                    self.quant_error.clone(),
+                ],
+                0,
+            ),
+            HostRead::Log,
+        );
         (v[0], v[1], v[2])
     }
 
     /// The histograms and squared-error sum on the host, as a tally of this batch.
     pub fn tally(&self) -> UsageTally {
-        let host = |t: &Tensor<B, 1>| -> Vec<f64> {
-            t.clone()
-                .into_data()
-                .convert::<f64>()
-                .to_vec::<f64>()
-                .expect("f64 data")
-        };
-        UsageTally {
-            counts: self.counts.iter().map(host).collect(),
-            sq_err_sum: host(&self.sq_err_sum)[0],
-            latents: self.latents as f64,
-        }
+        let mut all = self.counts.clone();
+        all.push(self.sq_err_sum.clone());
+        UsageTally::from_flat_counts(
+            &read_f32(Tensor::cat(all, 0), HostRead::Log),
+            &self.counts.iter().map(|c| c.dims()[0]).collect::<Vec<_>>(),
+            self.latents as f64,
+        )
     }
 }
 
@@ -125,6 +122,25 @@ impl UsageTally {
         }
         self.sq_err_sum += other.sq_err_sum;
         self.latents += other.latents;
+    }
+
+    /// A tally from histograms of `sizes` codes laid end to end in `flat`, followed by the
+    /// squared-error sum (what [`Usage::tally`] reads in one go).
+    pub fn from_flat_counts(flat: &[f32], sizes: &[usize], latents: f64) -> Self {
+        let mut at = 0;
+        let counts = sizes
+            .iter()
+            .map(|&k| {
+                let c = flat[at..at + k].iter().map(|&v| v as f64).collect();
+                at += k;
+                c
+            })
+            .collect();
+        UsageTally {
+            counts,
+            sq_err_sum: flat.get(at).copied().unwrap_or(0.0) as f64,
+            latents,
+        }
     }
 
     /// Everything as one flat buffer (histograms, then the squared-error sum and the latent

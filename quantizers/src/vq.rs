@@ -487,7 +487,7 @@ impl<B: Backend> Quantizer<B> for VectorQuantizer<B> {
         &mut self,
         stats: Vec<EmaStats<B>>,
         rng: &mut QuantRng,
-    ) -> Result<StatsReport, QuantizerError> {
+    ) -> Result<StatsReport<B>, QuantizerError> {
         let CodebookLearning::Ema { decay, eps, .. } = self.config.codebook else {
             if stats.is_empty() {
                 return Ok(StatsReport::default());
@@ -525,44 +525,24 @@ impl<B: Backend> Quantizer<B> for VectorQuantizer<B> {
 
         let mut report = StatsReport::default();
         let threshold = self.config.dead_code_threshold;
-        if threshold > 0.0 {
-            let sizes = cluster_size
-                .clone()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .expect("f32 counts");
-            let dead: Vec<i64> = sizes
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| **s < threshold)
-                .map(|(i, _)| i as i64)
-                .collect();
-            let [available, _] = candidates.dims();
-            if !dead.is_empty() && available > 0 {
-                let device = codebook.device();
-                let rows = sample_rows(available, dead.len(), rng);
-                let rows =
-                    Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [dead.len()]), &device);
-                let samples = candidates.select(0, rows);
-                let dead_idx = Tensor::<B, 1, Int>::from_data(
-                    TensorData::new(dead.clone(), [dead.len()]),
-                    &device,
-                );
-                let mask = histogram(dead_idx.clone(), k).reshape([k, 1]); // 1 on dead codes
-                let keep = mask.clone().neg() + 1.0;
-                let placed = Tensor::<B, 2>::zeros([k, d], &device).select_assign(
-                    0,
-                    dead_idx,
-                    samples,
-                    IndexingUpdateOp::Add,
-                );
-                codebook = codebook * keep.clone() + placed.clone();
-                embed_avg = embed_avg * keep.clone() + placed * threshold;
-                cluster_size = cluster_size * keep.reshape([k]) + mask.reshape([k]) * threshold;
-                report.restarted_codes = dead.len();
-                tracing::debug!(restarted = dead.len(), "dead codes restarted");
-            }
+        let [available, _] = candidates.dims();
+        if threshold > 0.0 && available > 0 {
+            // On the device, with no read: `K` candidate rows are drawn every step (the host
+            // RNG needs only the candidate count), and the i-th dead code, in code order, takes
+            // the i-th draw.
+            let device = codebook.device();
+            let rows = sample_rows(available, k, rng);
+            let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [k]), &device);
+            let samples = candidates.select(0, rows);
+            let dead = cluster_size.clone().lower_elem(threshold).float(); // 1 on dead codes
+            let order = (dead.clone().cumsum(0) - 1.0).clamp_min(0.0).int();
+            let mask = dead.clone().reshape([k, 1]);
+            let keep = mask.clone().neg() + 1.0;
+            let placed = samples.select(0, order) * mask.clone();
+            codebook = codebook * keep.clone() + placed.clone();
+            embed_avg = embed_avg * keep.clone() + placed * threshold;
+            cluster_size = cluster_size * keep.reshape([k]) + dead.clone() * threshold;
+            report.restarted_codes = Some(dead.sum());
         }
         replace(&mut self.cluster_size, cluster_size);
         replace(&mut self.embed_avg, embed_avg);
@@ -580,7 +560,8 @@ impl<B: Backend> Quantizer<B> for VectorQuantizer<B> {
     }
 
     fn needs_init(&self) -> bool {
-        self.config.kmeans_init && self.initialized.val().into_scalar().elem::<f32>() < 0.5
+        self.config.kmeans_init
+            && crate::host::read_scalar(self.initialized.val(), crate::host::HostRead::Init) < 0.5
     }
 
     fn init_from_batch(&mut self, latents: Tensor<B, 2>, rng: &mut QuantRng) {
@@ -624,5 +605,3 @@ fn ema_codebook<B: Backend>(
         Distance::Euclidean => codebook,
     }
 }
-
-use burn::tensor::ElementConversion;

@@ -48,6 +48,8 @@ pub struct GanLogs {
 impl GanLogs {
     /// Number of fields in [`GanLogs::values`].
     pub(crate) const FIELDS: usize = 8;
+    /// Of those, the generator's (the first ones).
+    pub(crate) const GENERATOR: usize = 5;
 
     /// The fields in declaration order (for an all-reduce).
     pub(crate) fn values(&self) -> [f32; Self::FIELDS] {
@@ -104,12 +106,12 @@ pub(crate) struct Gan<B: AutodiffBackend> {
     pub disc: Option<NLayerDiscriminator<B>>,
     pub optim: DiscOptim<B>,
     pub lpips: Option<Lpips<B>>,
+    /// The discriminator's ActNorm is known to be initialized (saves reading its flag).
+    pub disc_initialized: bool,
 }
 
-fn scalar<B: AutodiffBackend>(t: Tensor<B, 1>) -> f32 {
-    use burn::tensor::ElementConversion;
-    t.into_scalar().elem::<f32>()
-}
+/// A tensor of the backend without autodiff.
+pub(crate) type Inner<B, const D: usize> = Tensor<<B as AutodiffBackend>::InnerBackend, D>;
 
 impl<B: AutodiffBackend> Gan<B> {
     pub fn new(
@@ -130,6 +132,7 @@ impl<B: AutodiffBackend> Gan<B> {
                 .with_beta_2(betas[1])
                 .init(),
             lpips,
+            disc_initialized: false,
         })
     }
 
@@ -147,8 +150,9 @@ impl<B: AutodiffBackend> Gan<B> {
     }
 
     /// Generator terms for one micro-batch: returns the tensor to backpropagate (carrying the
-    /// gradient of `nll + d_w f g` through `x^`, scaled by `scale`), the value of
-    /// `nll + d_w f g`, and the logs.
+    /// gradient of `nll + d_w f g` through `x^`, scaled by `scale`), the value `[1]` of
+    /// `nll + d_w f g`, and the first [`GanLogs::GENERATOR`] logged fields `[l1, perceptual, nll,
+    /// g, d_weight]`, all on the device (the adaptive weight too: nothing here waits for it).
     pub fn generator(
         &mut self,
         x: &Tensor<B, 4>,
@@ -157,67 +161,88 @@ impl<B: AutodiffBackend> Gan<B> {
         last: &Conv2d<B>,
         step: usize,
         scale: f32,
-    ) -> (Tensor<B, 1>, f32, GanLogs) {
-        let mut logs = GanLogs::default();
+    ) -> (Tensor<B, 1>, Inner<B, 1>, Inner<B, 1>) {
         let x = x.clone().detach();
+        let device = x.device();
+        let zero = || Inner::<B, 1>::zeros([1], &device);
         // d nll / d x^ on a leaf copy.
         let leaf = xhat.clone().detach().require_grad();
         let l1 = (x.clone() - leaf.clone()).abs();
-        logs.l1 = scalar(l1.clone().mean());
-        let nll = match &self.lpips {
+        let l1_mean = l1.clone().mean().inner();
+        let (nll, perceptual) = match &self.lpips {
             Some(lpips) if self.cfg.perceptual_weight > 0.0 => {
                 let p = lpips.forward(x.clone(), leaf.clone());
-                logs.perceptual = scalar(p.clone().mean());
-                (l1 + p * self.cfg.perceptual_weight).mean()
+                let p_mean = p.clone().mean().inner();
+                ((l1 + p * self.cfg.perceptual_weight).mean(), p_mean)
             }
-            _ => l1.mean(),
+            _ => (l1.mean(), zero()),
         };
-        logs.nll = scalar(nll.clone());
+        let nll_value = nll.clone().inner();
         let grads = nll.backward();
         let grad_nll = leaf.grad(&grads).expect("nll reaches x^");
         let f = self.factor(step);
         let mut total = grad_nll.clone();
-        let mut value = logs.nll;
+        let mut value = nll_value.clone();
+        let (mut g_value, mut d_weight) = (zero(), zero());
         if f > 0.0 {
             let leaf = xhat.clone().detach().require_grad();
-            if self.disc().needs_init() {
+            if self.disc_needs_init() {
                 // (The trainer initializes ActNorm from rank 0's batch before this; a direct
                 // caller gets the single-process behaviour.)
-                self.disc.as_mut().expect("disc").init_from_batch(x.clone());
+                self.init_disc(x.clone());
             }
             let g = self.disc().forward(leaf.clone()).mean().neg();
-            logs.g = scalar(g.clone());
+            g_value = g.clone().inner();
             let grads = g.backward();
             let grad_g = leaf.grad(&grads).expect("g reaches x^");
             let n_nll = last_layer_grad_norm(last, features, grad_nll.clone());
             let n_g = last_layer_grad_norm(last, features, grad_g.clone());
-            let d_w = (n_nll / (n_g + 1e-4)).clamp(0.0, 1e4) * self.cfg.disc_weight as f64;
-            logs.d_weight = d_w as f32;
-            total = total + grad_g * (d_w as f32 * f);
-            value += logs.d_weight * f * logs.g;
+            d_weight = (n_nll / (n_g + 1e-4)).clamp(0.0, 1e4) * self.cfg.disc_weight;
+            total = total + grad_g * (d_weight.clone() * f).reshape([1, 1, 1, 1]);
+            value = value + d_weight.clone() * f * g_value.clone();
         }
         let backprop = (xhat.clone() * Tensor::from_inner(total * scale)).sum();
+        let logs = Tensor::cat(vec![l1_mean, perceptual, nll_value, g_value, d_weight], 0);
         (backprop, value, logs)
     }
 
-    /// One discriminator update on micro-batches of (real, reconstruction) pairs.
+    /// True until the discriminator's ActNorm layers were initialized (read once, then known).
+    pub fn disc_needs_init(&mut self) -> bool {
+        if self.disc_initialized {
+            return false;
+        }
+        let needs = self.disc().needs_init();
+        self.disc_initialized = !needs;
+        needs
+    }
+
+    /// Initializes the discriminator's ActNorm layers from `x`.
+    pub fn init_disc(&mut self, x: Tensor<B, 4>) {
+        self.disc.as_mut().expect("disc").init_from_batch(x);
+        self.disc_initialized = true;
+    }
+
+    /// One discriminator update on micro-batches (at least one) of (real, reconstruction) pairs:
+    /// its gradients and the discriminator's logged fields `[disc_loss, logits_real,
+    /// logits_fake]` (means over the micro-batches, on the device).
     pub fn discriminator_step(
         &mut self,
         pairs: &[RealFake<B>],
         step: usize,
-        lr: f64,
-        logs: &mut GanLogs,
-    ) -> GradientsParams {
+    ) -> (GradientsParams, Inner<B, 1>) {
         use burn::optim::GradientsAccumulator;
         let f = self.factor(step);
         let disc = self.disc.take().expect("disc");
         let mut acc = GradientsAccumulator::<NLayerDiscriminator<B>>::new();
         let n = pairs.len() as f32;
+        let mut logs: Option<Inner<B, 1>> = None;
         for (x, xhat) in pairs {
             let real = disc.forward(Tensor::from_inner(x.clone()));
             let fake = disc.forward(Tensor::from_inner(xhat.clone()));
-            logs.logits_real += scalar(real.clone().mean()) / n;
-            logs.logits_fake += scalar(fake.clone().mean()) / n;
+            let logits = Tensor::cat(
+                vec![real.clone().mean().inner(), fake.clone().mean().inner()],
+                0,
+            );
             let loss = match self.cfg.disc_loss {
                 DiscLoss::Hinge => {
                     activation::relu(real.neg() + 1.0).mean() + activation::relu(fake + 1.0).mean()
@@ -227,13 +252,16 @@ impl<B: AutodiffBackend> Gan<B> {
                         + activation::softplus(fake, 1.0).mean()
                 }
             } * (0.5 * f);
-            logs.disc_loss += scalar(loss.clone()) / n;
+            let micro = Tensor::cat(vec![loss.clone().inner(), logits], 0) / n;
+            logs = Some(match logs {
+                Some(l) => l + micro,
+                None => micro,
+            });
             let grads = (loss / n).backward();
             acc.accumulate(&disc, GradientsParams::from_grads(grads, &disc));
         }
-        let _ = lr;
         self.disc = Some(disc);
-        acc.grads()
+        (acc.grads(), logs.expect("at least one micro-batch"))
     }
 
     /// Applies (all-reduced) discriminator gradients.
@@ -250,8 +278,8 @@ fn last_layer_grad_norm<B: AutodiffBackend>(
     last: &Conv2d<B>,
     features: &Tensor<B, 4>,
     upstream: Tensor<B::InnerBackend, 4>,
-) -> f64 {
-    use burn::tensor::ElementConversion;
+) -> Inner<B, 1> {
+    let upstream_device = upstream.device();
     let mut conv = last.clone();
     let w = last.weight.val().detach().require_grad();
     conv.weight = Param::from_tensor(w.clone());
@@ -261,9 +289,10 @@ fn last_layer_grad_norm<B: AutodiffBackend>(
         .map(|b| Param::from_tensor(b.val().detach()));
     let y = conv.forward(features.clone().detach());
     let grads = (y * Tensor::from_inner(upstream)).sum().backward();
+    let device = upstream_device;
     w.grad(&grads)
-        .map(|g| g.powi_scalar(2).sum().sqrt().into_scalar().elem::<f64>())
-        .unwrap_or(0.0)
+        .map(|g| g.powi_scalar(2).sum().sqrt())
+        .unwrap_or_else(|| Inner::<B, 1>::zeros([1], &device))
 }
 
 #[cfg(test)]
@@ -342,7 +371,7 @@ mod tests {
         let xhat = model.forward(x.clone(), Mode::Eval).reconstruction;
         let n_g = norm(gan.disc().forward(xhat).mean().neg());
         let want = (n_nll / (n_g + 1e-4)).clamp(0.0, 1e4) * 0.8;
-        let got = logs.d_weight as f64;
+        let got = logs.into_data().to_vec::<f32>().unwrap()[4] as f64;
         assert!(
             (got - want).abs() <= 1e-3 * want.abs().max(1e-6),
             "adaptive weight {got}, direct {want}"

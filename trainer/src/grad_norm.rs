@@ -1,11 +1,11 @@
 //! Clipping by the GLOBAL gradient norm: `g <- g * min(1, max_norm / ||g||)` with `||g||` over all
-//! parameters together (burn's own clipping is per tensor). The squared norms are summed on the
-//! device and read back once.
+//! parameters together (burn's own clipping is per tensor). Norm and factor stay on the device:
+//! the step reads neither.
 
 use burn::{
     module::{Module, ModuleVisitor, Param, ParamId},
     optim::GradientsParams,
-    tensor::{ElementConversion, Tensor, backend::AutodiffBackend, backend::Backend},
+    tensor::{Tensor, backend::AutodiffBackend, backend::Backend},
 };
 
 /// Every float parameter's id and rank, in the module's (fixed) visiting order.
@@ -49,45 +49,48 @@ fn sq_norm<B: AutodiffBackend, const D: usize>(
         .map(|g| g.powi_scalar(2).sum())
 }
 
-fn scale<B: AutodiffBackend, const D: usize>(grads: &mut GradientsParams, id: ParamId, s: f64) {
+fn scale<B: AutodiffBackend, const D: usize>(
+    grads: &mut GradientsParams,
+    id: ParamId,
+    s: &Tensor<B::InnerBackend, 1>,
+) {
     if let Some(g) = grads.remove::<B::InnerBackend, D>(id) {
-        grads.register::<B::InnerBackend, D>(id, g * s);
+        grads.register::<B::InnerBackend, D>(id, g * s.clone().reshape([1; D]));
     }
 }
 
-/// The global L2 norm of `grads` over the parameters of `module`.
-pub fn global_norm<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &GradientsParams) -> f64 {
+/// The global L2 norm `[1]` of `grads` over the parameters of `module`, on the device.
+pub fn global_norm<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> Option<Tensor<B::InnerBackend, 1>> {
     let parts: Vec<Tensor<B::InnerBackend, 1>> = ParamIds::of(module)
         .0
         .iter()
         .filter_map(|(id, d)| by_rank!(*d, sq_norm, grads, *id))
         .collect();
     if parts.is_empty() {
-        return 0.0;
+        return None;
     }
-    Tensor::cat(parts, 0)
-        .sum()
-        .into_scalar()
-        .elem::<f64>()
-        .sqrt()
+    Some(Tensor::cat(parts, 0).sum().sqrt())
 }
 
-/// Scales `grads` so their global norm is at most `max_norm`; returns the norm before clipping.
+/// Scales `grads` so their global norm is at most `max_norm` (torch's `clip_grad_norm_`: every
+/// gradient times `min(1, max_norm / (norm + 1e-6))`, computed on the device, so nothing waits
+/// for it); returns the norm before clipping (`None` without gradients).
 pub fn clip_global_norm<B: AutodiffBackend, M: Module<B>>(
     module: &M,
     grads: &mut GradientsParams,
     max_norm: Option<f32>,
-) -> f64 {
-    let norm = global_norm(module, grads);
-    if let Some(max) = max_norm
-        && norm > max as f64
-    {
-        let s = max as f64 / (norm + 1e-6);
+) -> Option<Tensor<B::InnerBackend, 1>> {
+    let norm = global_norm(module, grads)?;
+    if let Some(max) = max_norm {
+        let s = (norm.clone() + 1e-6).recip().mul_scalar(max).clamp_max(1.0);
         for (id, d) in ParamIds::of(module).0 {
-            by_rank!(d, scale, grads, id, s);
+            by_rank!(d, scale, grads, id, &s);
         }
     }
-    norm
+    Some(norm)
 }
 
 #[cfg(test)]
@@ -106,6 +109,10 @@ mod tests {
         t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
     }
 
+    fn scalar(t: Option<Tensor<Flex, 1>>) -> f64 {
+        host(t.expect("gradients")).remove(0) as f64
+    }
+
     #[test]
     fn clipping_scales_all_gradients_to_the_global_norm() {
         let device = Default::default();
@@ -121,12 +128,12 @@ mod tests {
             .map(|v| (*v as f64).powi(2))
             .sum::<f64>()
             .sqrt();
-        let norm = global_norm(&lin, &gp);
+        let norm = scalar(global_norm(&lin, &gp));
         assert!((norm - want).abs() < 1e-4 * want, "{norm} vs {want}");
         let max = (want / 4.0) as f32;
-        let before = clip_global_norm(&lin, &mut gp, Some(max));
+        let before = scalar(clip_global_norm(&lin, &mut gp, Some(max)));
         assert!((before - want).abs() < 1e-4 * want);
-        let after = global_norm(&lin, &gp);
+        let after = scalar(global_norm(&lin, &gp));
         assert!(
             (after - max as f64).abs() < 1e-3 * max as f64,
             "clipped norm {after}, max {max}"
@@ -142,6 +149,7 @@ mod tests {
                 .all(|(a, o)| (a - o * s).abs() <= 1e-5 * o.abs().max(1.0))
         );
         // Under the limit nothing changes.
-        assert_eq!(clip_global_norm(&lin, &mut gp, Some(1e9)), after);
+        assert_eq!(scalar(clip_global_norm(&lin, &mut gp, Some(1e9))), after);
+        assert_eq!(host(gp.get::<Flex, 2>(lin.weight.id).unwrap()), w2);
     }
 }

@@ -18,6 +18,7 @@ mod metrics;
 pub mod nccl;
 pub mod ring;
 mod schedule;
+mod step_stats;
 pub mod sync;
 mod train;
 
@@ -35,4 +36,5 @@ pub use metrics::{MetricsWriter, psnr, save_grid};
 pub use models;
 pub use models::quantizers;
 pub use schedule::learning_rate;
-pub use train::{Resume, StepStats, Trainer, ValStats};
+pub use step_stats::StepStats;
+pub use train::{Resume, Trainer, ValStats};

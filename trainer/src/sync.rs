@@ -19,10 +19,7 @@ use crate::{
 pub const BUCKET: usize = 1 << 22;
 
 fn host<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("f32 values")
+    quantizers::host::read_f32(t, quantizers::host::HostRead::Staging)
 }
 
 /// A gradient taken out of `GradientsParams`, flattened.

@@ -23,7 +23,11 @@ use burn::{
     tensor::{Tensor, TensorData, backend::AutodiffBackend},
 };
 use models::Autoencoder;
-use quantizers::{EmaStats, Mode, QuantRng, Quantizer, UsageTally, shapes};
+use quantizers::{
+    EmaStats, Mode, QuantRng, Quantizer,
+    host::{HostRead, read_f32, read_i64, read_scalar},
+    shapes,
+};
 use rand::SeedableRng;
 use serde_json::json;
 
@@ -32,10 +36,11 @@ use crate::{
     checkpoint::{RngState, TrainState},
     config::{ObjectiveConfig, Reconstruction},
     data::{Dataset, Loader, LoaderOptions, Transform, load_batch, open_datasets},
-    gan::{Gan, GanLogs},
+    gan::{Gan, GanLogs, Inner},
     grad_norm::clip_global_norm,
     metrics::{MetricsWriter, psnr, save_grid},
     schedule::learning_rate,
+    step_stats::{PendingStats, StepStats},
     sync::{
         all_reduce_grads, all_reduce_stats, broadcast_module, broadcast_tensor, quantizer_loss,
     },
@@ -72,43 +77,6 @@ static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Inputs, reconstructions and their shape `[n, c, h, w]`, for a PNG grid.
 pub type SampleGrid = (Vec<f32>, Vec<f32>, [usize; 4]);
-
-/// What one optimizer step measured.
-#[derive(Debug, Clone, Default)]
-pub struct StepStats {
-    /// Total loss.
-    pub loss: f32,
-    /// Reconstruction loss.
-    pub rec: f32,
-    /// Quantizer loss (weighted).
-    pub quant: f32,
-    /// Fraction of codes used by the batch.
-    pub used_fraction: f32,
-    /// Perplexity of the batch's codes.
-    pub perplexity: f32,
-    /// Mean `||e - q||^2`.
-    pub quant_error: f32,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Codes restarted by dead-code restart.
-    pub restarted: usize,
-    /// The quantizer's weighted loss terms by name (`commitment`, `codebook`, ...).
-    pub terms: Vec<(&'static str, f32)>,
-    /// GAN terms (VQGAN objective).
-    pub gan: Option<GanLogs>,
-    /// Code histograms and squared errors of the step's batch (this process's micro-batches;
-    /// at logging steps, the global batch's).
-    pub usage: UsageTally,
-}
-
-impl StepStats {
-    /// Usage, perplexity and quantization error from the tally of code histograms.
-    fn set_usage_figures(&mut self) {
-        self.used_fraction = self.usage.used_fraction() as f32;
-        self.perplexity = self.usage.perplexity() as f32;
-        self.quant_error = self.usage.quant_error() as f32;
-    }
-}
 
 /// Validation results.
 #[derive(Debug, Clone, Default)]
@@ -149,6 +117,10 @@ pub struct Trainer<B: AutodiffBackend> {
     stopped: bool,
     last_checkpoint: Option<usize>,
     gan: Option<Gan<B>>,
+    /// The k-means initialization of the codebook is still to do (read once at setup).
+    quant_needs_init: bool,
+    /// `[step, loss]` of the first non-finite loss since the last check (`step` -1: none).
+    watch: Option<Inner<B, 1>>,
 }
 
 fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
@@ -368,6 +340,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let d = g.disc.take().expect("disc");
             g.disc = Some(broadcast_module(comm.as_mut(), d)?);
         }
+        let quant_needs_init = model.quantizer().needs_init();
         let metrics = if comm.rank() == 0 {
             Some(MetricsWriter::open(&run_dir, resumed_at.or(Some(0)))?)
         } else {
@@ -392,6 +365,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             stopped: false,
             last_checkpoint: resumed_at,
             gan,
+            quant_needs_init,
+            watch: None,
         })
     }
 
@@ -480,23 +455,39 @@ impl<B: AutodiffBackend> Trainer<B> {
         });
         let started = Instant::now();
         let mut window = (Instant::now(), 0usize, 0.0f64);
+        // Tensor reads made inside the window's steps (not by the logging): (own, staged for a
+        // collective).
+        let mut step_reads = (0u64, 0u64);
         while self.step < last_step {
             let wait = Instant::now();
             let batch = loader.next_batch().map_err(TrainError::Data)?;
             let wait_secs = wait.elapsed().as_secs_f64();
-            let stats = self.train_step(&batch.images, batch.shape)?;
+            let reads_before = quantizers::host::counts();
+            let pending = self.step_on_device(&batch.images, batch.shape)?;
+            let reads = quantizers::host::counts().since(&reads_before);
+            step_reads.0 += reads.total() - reads.staging;
+            step_reads.1 += reads.staging;
             window.1 += 1;
             window.2 += batch.decode_secs;
             if let Some(bar) = &bar {
                 bar.set_position(self.step as u64);
-                bar.set_message(format!(
-                    "loss {:.4}  codes {:.0}%",
-                    stats.loss,
-                    stats.used_fraction * 100.0
-                ));
             }
-            if self.step.is_multiple_of(self.cfg.run.log_every) || self.step == last_step {
-                let mut stats = stats;
+            let log_step =
+                self.step.is_multiple_of(self.cfg.run.log_every) || self.step == last_step;
+            let checkpoint_step = self.step.is_multiple_of(self.cfg.run.checkpoint_every);
+            // The host waits for the device at logging and checkpoint steps only.
+            if log_step || checkpoint_step {
+                self.check_divergence()?;
+            }
+            if log_step {
+                let mut stats = pending.read();
+                if let Some(bar) = &bar {
+                    bar.set_message(format!(
+                        "loss {:.4}  codes {:.0}%",
+                        stats.loss,
+                        stats.used_fraction * 100.0
+                    ));
+                }
                 self.globalize(&mut stats)?;
                 let secs = window.0.elapsed().as_secs_f64();
                 let images = (window.1 * batch.shape[0] * world) as f64;
@@ -518,6 +509,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                     "skipped_images": loader.skipped(),
                     "epoch": self.cursor as f64 / self.train_set.len() as f64,
                     "elapsed_s": started.elapsed().as_secs_f64(),
+                    "host_reads_per_step": step_reads.0 as f64 / window.1 as f64,
+                    "staged_reads_per_step": step_reads.1 as f64 / window.1 as f64,
                 });
                 for (name, v) in &stats.terms {
                     record[format!("q_{name}")] = json!(v);
@@ -551,6 +544,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     m.write(&record)?;
                 }
                 window = (Instant::now(), 0, 0.0);
+                step_reads = (0, 0);
             }
             if self.cfg.run.val_every > 0
                 && self.step.is_multiple_of(self.cfg.run.val_every)
@@ -558,11 +552,18 @@ impl<B: AutodiffBackend> Trainer<B> {
             {
                 self.validate_and_log()?;
             }
-            // Everyone stops at the same step when any worker was asked to.
-            let stopping = self.comm.any(self.stop.load(Ordering::SeqCst))?;
-            if self.comm.rank() == 0
-                && (self.step.is_multiple_of(self.cfg.run.checkpoint_every) || stopping)
-            {
+            // Everyone stops at the same step when any worker was asked to. Agreeing is a
+            // collective: a group agrees at logging and checkpoint steps only, one process at
+            // every step.
+            let stopping = if self.comm.world_size() == 1 || log_step || checkpoint_step {
+                self.comm.any(self.stop.load(Ordering::SeqCst))?
+            } else {
+                false
+            };
+            if stopping && !(log_step || checkpoint_step) {
+                self.check_divergence()?;
+            }
+            if self.comm.rank() == 0 && (checkpoint_step || stopping) {
                 self.save_checkpoint()?;
             }
             if stopping {
@@ -577,20 +578,77 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
-    /// One optimizer step on a (per-process) batch `[B, C, H, W]`.
+    /// One optimizer step on a (per-process) batch `[B, C, H, W]`, its figures read back (this
+    /// process's; a divergence since the last read is reported here). The training loop uses
+    /// the same step but reads its figures at logging steps only.
     pub fn train_step(
         &mut self,
         images: &[f32],
         shape: [usize; 4],
     ) -> Result<StepStats, TrainError> {
+        let pending = self.step_on_device(images, shape)?;
+        self.check_divergence()?;
+        Ok(pending.read())
+    }
+
+    /// Fails when a loss went non-finite since the last check (on any process: every process
+    /// gets the same answer). One read of a two-element tensor; called at logging and
+    /// checkpoint steps, so no checkpoint is written from diverged weights.
+    fn check_divergence(&mut self) -> Result<(), TrainError> {
+        let [step, value] = match self.watch.take() {
+            Some(w) => {
+                let v = read_f32(w, HostRead::Log);
+                [v[0], v[1]]
+            }
+            None => [-1.0, 0.0],
+        };
+        let mine = step >= 0.0;
+        if self.comm.any(mine)? {
+            return Err(TrainError::Diverged {
+                step: if mine { step as usize } else { self.step },
+                value: if mine { value } else { f32::NAN },
+            });
+        }
+        Ok(())
+    }
+
+    /// Notes on the device the first micro-batch whose loss `total` `[1]` is not finite.
+    fn watch_loss(&mut self, total: Inner<B, 1>) {
+        let device = total.device();
+        let watch = self
+            .watch
+            .take()
+            .unwrap_or_else(|| Inner::<B, 1>::from_floats([-1.0, 0.0], &device));
+        let bad = total.clone().is_finite().float().neg() + 1.0;
+        let unset = watch.clone().narrow(0, 0, 1).lower_elem(0.0).float();
+        let take = (bad * unset).repeat_dim(0, 2).greater_elem(0.5);
+        let here = Tensor::cat(
+            vec![
+                Inner::<B, 1>::from_floats([(self.step + 1) as f32], &device),
+                total,
+            ],
+            0,
+        );
+        self.watch = Some(watch.mask_where(take, here));
+    }
+
+    /// One optimizer step, its figures left on the device: nothing here reads a tensor (the
+    /// host-staged collectives of a multi-process group aside), so the host queues the next
+    /// step while the device computes this one.
+    fn step_on_device(
+        &mut self,
+        images: &[f32],
+        shape: [usize; 4],
+    ) -> Result<PendingStats<B::InnerBackend>, TrainError> {
         let accumulate = self.cfg.optim.accumulate;
         let [b, c, h, w] = shape;
         let micro = b / accumulate;
         let per = c * h * w;
+        let k = accumulate as f32;
         let mut model = self.model.take().expect("model present");
         let mut accumulator = GradientsAccumulator::<Autoencoder<B>>::new();
         let mut stats_sum: Vec<EmaStats<B::InnerBackend>> = Vec::new();
-        let mut out = StepStats::default();
+        let mut out = PendingStats::new(&self.device);
         let (reconstruction, clamp, qw) = match &self.cfg.objective {
             ObjectiveConfig::Vqvae {
                 reconstruction,
@@ -599,19 +657,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             } => (*reconstruction, *clamp_output, *quantizer_weight),
             ObjectiveConfig::Vqgan(v) => (Reconstruction::L1, false, v.codebook_weight),
         };
-        let mut gan_logs = GanLogs::default();
         let mut pairs = Vec::new();
         for m in 0..accumulate {
             let x = self.tensor(
                 &images[m * micro * per..(m + 1) * micro * per],
                 [micro, c, h, w],
             );
-            if model.quantizer().needs_init() {
+            if self.quant_needs_init {
                 let latents = shapes::flatten_image(model.latents(x.clone()).detach());
                 let latents = broadcast_tensor(self.comm.as_mut(), latents)?;
                 model
                     .quantizer_mut()
                     .init_from_batch(latents, &mut self.quant_rng);
+                self.quant_needs_init = false;
                 tracing::info!("codebook initialized by k-means on the first batch");
             }
             let fwd = model.forward(x.clone(), Mode::Train);
@@ -627,14 +685,14 @@ impl<B: AutodiffBackend> Trainer<B> {
                         Reconstruction::Mse => (rec_img - x.clone()).powi_scalar(2).mean(),
                         Reconstruction::L1 => (rec_img - x.clone()).abs().mean(),
                     };
-                    let v = rec.clone().detach().into_scalar().elem::<f32>();
-                    (rec / accumulate as f32, v)
+                    let v = rec.clone().inner();
+                    (rec / k, v)
                 }
                 Some(gan) => {
-                    if gan.factor(self.step) > 0.0 && gan.disc().needs_init() {
+                    if gan.factor(self.step) > 0.0 && gan.disc_needs_init() {
                         // ActNorm's data-dependent init from rank 0's batch, the same everywhere.
-                        let mut disc = gan.disc.take().expect("disc");
-                        disc.init_from_batch(x.clone());
+                        gan.init_disc(x.clone());
+                        let disc = gan.disc.take().expect("disc");
                         gan.disc = Some(broadcast_module(self.comm.as_mut(), disc)?);
                     }
                     let (bp, v, logs) = gan.generator(
@@ -643,14 +701,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                         &fwd.decoder_features,
                         model.last_layer(),
                         self.step,
-                        1.0 / accumulate as f32,
+                        1.0 / k,
                     );
-                    let k = accumulate as f32;
-                    gan_logs.l1 += logs.l1 / k;
-                    gan_logs.perceptual += logs.perceptual / k;
-                    gan_logs.nll += logs.nll / k;
-                    gan_logs.g += logs.g / k;
-                    gan_logs.d_weight += logs.d_weight / k;
+                    out.add_generator(logs / k);
                     pairs.push((
                         x.clone().inner(),
                         fwd.reconstruction.clone().detach().inner(),
@@ -659,27 +712,17 @@ impl<B: AutodiffBackend> Trainer<B> {
                 }
             };
             let quant = quantizer_loss(self.comm.as_mut(), &fwd.encoded.quant)? * qw;
-            let quant_value = quant.clone().detach().into_scalar().elem::<f32>();
-            let total = rec_value + quant_value;
-            out.loss += total / accumulate as f32;
-            out.rec += rec_value / accumulate as f32;
-            out.quant += quant_value / accumulate as f32;
-            if self.comm.any(!total.is_finite())? {
-                self.model = Some(model);
-                return Err(TrainError::Diverged {
-                    step: self.step + 1,
-                    value: total,
-                });
-            }
+            let quant_value = quant.clone().inner();
+            let total = rec_value.clone() + quant_value.clone();
+            out.loss = out.loss.clone() + total.clone() / k;
+            out.rec = out.rec.clone() + rec_value / k;
+            out.quant = out.quant.clone() + quant_value / k;
+            self.watch_loss(total);
             for term in &fwd.encoded.quant.losses {
-                let v = term.value.clone().into_scalar().elem::<f32>() * qw / accumulate as f32;
-                match out.terms.iter_mut().find(|(n, _)| *n == term.name) {
-                    Some((_, acc)) => *acc += v,
-                    None => out.terms.push((term.name, v)),
-                }
+                out.add_term(term.name, term.value.clone().inner() * (qw / k));
             }
-            out.usage.add(&fwd.encoded.quant.usage.tally());
-            let grads = (backprop + quant / accumulate as f32).backward();
+            out.add_usage(&fwd.encoded.quant.usage);
+            let grads = (backprop + quant / k).backward();
             accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
             let stats: Vec<EmaStats<B::InnerBackend>> = fwd
                 .encoded
@@ -721,14 +764,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             && gan.factor(self.step) > 0.0
         {
             let disc_lr = gan.cfg.disc_lr.unwrap_or(lr);
-            let grads = gan.discriminator_step(&pairs, self.step, disc_lr, &mut gan_logs);
+            let (grads, logs) = gan.discriminator_step(&pairs, self.step);
+            out.add_discriminator(logs);
             let grads =
                 all_reduce_grads::<B, _>(self.comm.as_mut(), gan.disc(), grads, &self.device)?;
             gan.step_disc(disc_lr, grads);
         }
-        if self.gan.is_some() {
-            out.gan = Some(gan_logs);
-        }
+        out.gan = self.gan.is_some();
         // Seam 2: EMA statistics summed over processes before the codebook update.
         let stats = all_reduce_stats(self.comm.as_mut(), stats_sum)?;
         if !stats.is_empty() {
@@ -743,12 +785,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             out.restarted = model
                 .quantizer_mut()
                 .apply_stats(stats, &mut self.quant_rng)?
-                .restarted_codes;
+                .restarted_codes
+                .map(|t| t.inner());
         }
         self.model = Some(model);
         self.step += 1;
         self.cursor += self.cfg.run.batch_size as u64;
-        out.set_usage_figures();
         Ok(out)
     }
 
@@ -827,24 +869,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             };
             let diff = rec - x;
             let m = idx.len() as f64;
-            v.mse += diff
-                .clone()
-                .powi_scalar(2)
-                .mean()
-                .into_scalar()
-                .elem::<f64>()
-                * m;
-            v.l1 += diff.abs().mean().into_scalar().elem::<f64>() * m;
-            let (_, _, qe) = out.encoded.quant.usage.to_host();
+            v.mse += read_scalar(diff.clone().powi_scalar(2).mean(), HostRead::Eval) as f64 * m;
+            v.l1 += read_scalar(diff.abs().mean(), HostRead::Eval) as f64 * m;
+            let qe = read_scalar(out.encoded.quant.usage.quant_error.clone(), HostRead::Eval);
             v.quant_error += qe as f64 * m;
-            let ids = out
-                .encoded
-                .quant
-                .indices
-                .into_data()
-                .convert::<i64>()
-                .to_vec::<i64>()
-                .expect("ints");
+            let ids = read_i64(out.encoded.quant.indices, HostRead::Eval);
             for (j, i) in ids.into_iter().enumerate() {
                 if let Some(h) = hist.get_mut((j % levels) * k + i as usize) {
                     *h += 1;
@@ -854,12 +883,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let s = batch.shape;
                 let take = s[0].min(8);
                 let per = s[1] * s[2] * s[3];
-                let rec = out
-                    .reconstruction
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .expect("f32");
+                let rec = read_f32(out.reconstruction, HostRead::Eval);
                 sample = Some((
                     batch.images[..take * per].to_vec(),
                     rec[..take * per].to_vec(),
@@ -976,4 +1000,3 @@ impl<B: AutodiffBackend> Trainer<B> {
 }
 
 use burn::module::Module;
-use burn::tensor::ElementConversion;

@@ -195,5 +195,25 @@ fn two_workers_with_half_batches_equal_one_worker() {
             &two[0],
             &format!("quantizer {i}: world 2 vs world 1"),
         );
+        // No step waits for the device outside logging steps: the only reads inside steps are
+        // a group's host-staged collectives (gradients, EMA statistics, LFQ's probabilities).
+        for (dir, world) in [(format!("one{i}"), 1), (format!("two{i}"), 2)] {
+            for rec in records(&tmp.path().join(dir).join("dp")) {
+                assert_eq!(rec["host_reads_per_step"], 0.0, "world {world}: {rec}");
+                let staged = rec["staged_reads_per_step"].as_f64().unwrap();
+                assert_eq!(staged > 0.0, world > 1, "world {world}: {rec}");
+            }
+        }
     }
+}
+
+fn records(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let recs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r.get("split").is_none())
+        .collect();
+    assert_eq!(recs.len(), 4, "20 steps logged every 5");
+    recs
 }

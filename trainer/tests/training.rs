@@ -462,11 +462,19 @@ fn short_real_training_on_fashion_mnist_lowers_the_loss_and_reports_usage() {
         "images_per_s",
         "data_images_per_s",
         "q_commitment",
+        "host_reads_per_step",
     ] {
         assert!(
             rec[key].as_f64().is_some(),
             "metrics line lacks {key}: {rec}"
         );
+    }
+    // Logged every step, so every read happens at a logging step (after the step); the steps
+    // themselves read nothing.
+    for line in text.lines().filter(|l| !l.contains("\"split\"")) {
+        let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(rec["host_reads_per_step"], 0.0, "{rec}");
+        assert_eq!(rec["staged_reads_per_step"], 0.0, "{rec}");
     }
     assert!(val.used_fraction > 0.0 && val.psnr > 10.0, "{val:?}");
     assert!(text.lines().any(|l| l.contains("\"split\":\"val\"")));
@@ -572,6 +580,10 @@ betas = [0.5, 0.9]
         );
         assert!(l["disc_loss"].as_f64().unwrap() > 0.0, "{l}");
         assert!(l["q_codebook"].as_f64().is_some(), "{l}");
+    }
+    // The GAN terms and the adaptive weight stay on the device too.
+    for l in &lines {
+        assert_eq!(l["host_reads_per_step"], 0.0, "{l}");
     }
     let ckpt = run.join("checkpoints").join("step-00000004");
     assert!(ckpt.join("disc.mpk").exists() && ckpt.join("disc_optim.mpk").exists());
