@@ -89,6 +89,8 @@ kind = "vq"
 dim = 32
 codebook_size = 32
 estimator = "rotation"
+codebook = {{ kind = "ema", decay = 0.8 }}
+dead_code_threshold = 0.5
 
 [objective]
 kind = "vqvae"
@@ -223,6 +225,12 @@ fn a_vqvae_trains_on_wgpu_and_resumes_from_its_checkpoint() {
         full.iter()
             .all(|m| f(m, "used_fraction") > 0.0 && f(m, "perplexity") >= 1.0)
     );
+    // Dead-code restart ran on the device, and no step read a tensor.
+    assert!(
+        full.iter().any(|m| f(m, "restarted_codes") > 0.0),
+        "{full:?}"
+    );
+    assert!(full.iter().all(|m| f(m, "host_reads_per_step") == 0.0));
     assert!(tmp.path().join("runs/w/checkpoints/step-00000003").is_dir());
     // Again to step 3, then resumed to 6 in a second process: the same figures (tolerance above).
     let again = tempfile::tempdir().unwrap();
@@ -259,6 +267,9 @@ fn two_wgpu_workers_train_as_one_accumulating_process() {
     );
     let (a, b) = (metrics(two.path()), metrics(one.path()));
     assert_eq!(a.len(), 3);
+    // Inside a step, the group reads only its host-staged collectives.
+    assert!(a.iter().all(|m| f(m, "host_reads_per_step") == 0.0));
+    assert!(a.iter().all(|m| f(m, "staged_reads_per_step") > 0.0));
     for (x, y) in a.iter().zip(&b) {
         for key in ["loss", "rec", "used_fraction", "quant_error", "grad_norm"] {
             assert!(
@@ -287,8 +298,47 @@ fn a_small_vqgan_trains_its_discriminator_on_wgpu() {
     assert!(f(late, "disc_loss") > 0.0, "{late}");
     assert!(f(late, "perceptual") != 0.0, "{late}");
     assert!(
+        m.iter().all(|r| f(r, "host_reads_per_step") == 0.0),
+        "{m:?}"
+    );
+    assert!(
         tmp.path()
             .join("runs/w/checkpoints/step-00000002/disc.mpk")
             .exists()
+    );
+}
+
+/// scripts/gpu-check.sh's training step (the VQGAN run, its resume and the figures it reports)
+/// through the wgpu backend: what it does on a GPU, checked before any GPU minute is spent.
+#[test]
+fn gpu_check_trains_and_resumes_a_vqgan_on_wgpu() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    assert!(
+        root.join("data/photos").is_dir(),
+        "data/photos missing: run scripts/fetch-data.sh first (the README's test command does)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("report.json");
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/gpu-check.sh"))
+        .args([
+            "--device", "wgpu", "--tiny", "--only", "train", "--steps", "4", "--out",
+        ])
+        .arg(&report)
+        .env("ROTOR_LAUNCH", exe())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(out.status.success(), "{err}\n{report}");
+    let train = &report["steps"][0];
+    assert_eq!(train["status"], "passed", "{report}");
+    let fig = &train["figures"];
+    assert_eq!(fig["steps"], 4, "{report}");
+    assert_eq!(fig["host_reads_per_step_max"], 0.0, "{report}");
+    assert!(
+        fig["resume_max_rel_diff"].as_f64().unwrap() <= 1e-3,
+        "{report}"
     );
 }

@@ -301,6 +301,30 @@ fn golden_models_match_taming() {
             dir.display()
         );
     }
+    // With the feature `cuda` (scripts/gpu-check.sh on a GPU machine), every case again on
+    // burn-cuda, with the same tolerances.
+    #[cfg(feature = "cuda")]
+    {
+        type C = Autodiff<burn::backend::Cuda>;
+        let device = Default::default();
+        let mut failed = 0;
+        for path in &paths {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            match Case::load(path).and_then(|c| check_on::<C>(&c, &device)) {
+                Ok(kind) => println!("golden ok   {name} ({kind}) on cuda"),
+                Err(e) => {
+                    println!("golden FAIL {name} on cuda: {e}");
+                    failures.push(format!("{name} on cuda: {e}"));
+                    failed += 1;
+                }
+            }
+        }
+        println!(
+            "golden: checked {} model cases in {} on cuda, {failed} failed",
+            paths.len(),
+            dir.display()
+        );
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -2,6 +2,7 @@
 //!
 //!     cargo bench -p quantizers --bench estimators [-- --reps 5]
 //!     cargo bench -p quantizers --features wgpu --bench estimators -- --backend wgpu [--only-first]
+//!     cargo bench -p quantizers --features cuda --bench estimators -- --backend cuda [--only-first]
 //!
 //! Prints one JSON line per case with the median times and the ratio rotation / STE (target
 //! <= 1.10: the paper reports no measurable cost). Absolute times depend on the machine; compare
@@ -60,7 +61,11 @@ fn main() {
         "wgpu" => {
             run::<Autodiff<quantizers::burn_wgpu::Wgpu>>("wgpu", &Default::default(), reps, &sizes)
         }
-        other => panic!("--backend {other}: flex, or wgpu with --features wgpu"),
+        #[cfg(feature = "cuda")]
+        "cuda" => run::<Autodiff<burn::backend::Cuda>>("cuda", &Default::default(), reps, &sizes),
+        other => panic!(
+            "--backend {other}: flex, wgpu (built with --features wgpu) or cuda (--features cuda)"
+        ),
     }
 }
 

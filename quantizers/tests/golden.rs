@@ -392,6 +392,32 @@ fn golden_cases_match_reference() {
             dir.display()
         );
     }
+    // With the feature `cuda` (scripts/gpu-check.sh on a GPU machine), every case again on
+    // burn-cuda, with the wgpu floor (GPU reductions sum in another order than Flex too).
+    #[cfg(feature = "cuda")]
+    {
+        let on = On::<burn::backend::Autodiff<burn::backend::Cuda>> {
+            device: Default::default(),
+            atol: 2e-5,
+        };
+        let mut failed = 0;
+        for path in &paths {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            match Case::load(path).and_then(|c| check_on(&c, &on)) {
+                Ok(kind) => println!("golden ok   {name} ({kind}) on cuda"),
+                Err(e) => {
+                    println!("golden FAIL {name} on cuda: {e}");
+                    failures.push(format!("{name} on cuda: {e}"));
+                    failed += 1;
+                }
+            }
+        }
+        println!(
+            "golden: checked {} cases in {} on cuda, {failed} failed",
+            paths.len(),
+            dir.display()
+        );
+    }
     assert!(
         failures.is_empty(),
         "golden failures:\n{}",

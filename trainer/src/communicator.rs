@@ -1,6 +1,8 @@
 //! The `Communicator`: the collectives a data-parallel step needs (sum all-reduce and broadcast of
 //! f32 buffers, a stop vote), behind one trait. [`SingleProcess`] is the identity; [`TcpRing`]
-//! (`crate::ring`) connects CPU workers; an NCCL implementation plugs in the same way.
+//! (`crate::ring`) connects CPU workers; `NcclComm` (feature `cuda`) connects GPUs and also
+//! reduces device tensors in place (`all_reduce_device`), which the gradient all-reduce prefers
+//! to staging through host memory.
 
 /// A collective operation failed or timed out; the run must stop.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +28,20 @@ pub trait Communicator {
     /// Returns once every process has called it.
     fn barrier(&mut self) -> Result<(), CommError> {
         self.all_reduce_sum(&mut [0.0])
+    }
+    /// Element-wise sum over processes of a flat `f32` tensor `[n]`, in place on its device,
+    /// where this communicator can read that tensor type's memory (NCCL on burn-cuda
+    /// tensors). `Ok(false)`: it cannot, and the caller stages the values through host memory
+    /// with [`Communicator::all_reduce_sum`]. `tensor` is a `&mut burn::tensor::Tensor<_, 1>`.
+    fn all_reduce_device(&mut self, tensor: &mut dyn std::any::Any) -> Result<bool, CommError> {
+        let _ = tensor;
+        Ok(false)
+    }
+    /// Rank 0's flat `f32` tensor everywhere, in place on its device (as
+    /// [`Communicator::all_reduce_device`]).
+    fn broadcast_device(&mut self, tensor: &mut dyn std::any::Any) -> Result<bool, CommError> {
+        let _ = tensor;
+        Ok(false)
     }
     /// True on every process when any process votes true.
     fn any(&mut self, vote: bool) -> Result<bool, CommError> {

@@ -22,75 +22,97 @@ fn host<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
     quantizers::host::read_f32(t, quantizers::host::HostRead::Staging)
 }
 
-/// A gradient taken out of `GradientsParams`, flattened.
-struct Flat {
+/// A gradient taken out of `GradientsParams`, flattened on its device.
+struct Flat<Bi: Backend> {
     id: ParamId,
     rank: usize,
     shape: Vec<usize>,
-    values: Vec<f32>,
+    values: Tensor<Bi, 1>,
 }
 
 fn take<B: AutodiffBackend, const D: usize>(
     grads: &mut GradientsParams,
     id: ParamId,
-) -> Option<Flat> {
-    grads.remove::<B::InnerBackend, D>(id).map(|g| Flat {
-        id,
-        rank: D,
-        shape: g.dims().to_vec(),
-        values: host(g),
+) -> Option<Flat<B::InnerBackend>> {
+    grads.remove::<B::InnerBackend, D>(id).map(|g| {
+        let shape = g.dims().to_vec();
+        Flat {
+            id,
+            rank: D,
+            values: g.reshape([shape.iter().product::<usize>()]),
+            shape,
+        }
     })
 }
 
-fn put<B: AutodiffBackend, const D: usize>(
-    grads: &mut GradientsParams,
-    f: Flat,
-    device: &<B::InnerBackend as burn::tensor::backend::BackendTypes>::Device,
-) {
-    let t = Tensor::<B::InnerBackend, D>::from_data(TensorData::new(f.values, f.shape), device);
-    grads.register::<B::InnerBackend, D>(f.id, t);
+fn put<B: AutodiffBackend, const D: usize>(grads: &mut GradientsParams, f: Flat<B::InnerBackend>) {
+    let shape: [usize; D] = f.shape.try_into().expect("rank matches");
+    grads.register::<B::InnerBackend, D>(f.id, f.values.reshape(shape));
+}
+
+/// Sum over processes of a flat tensor: in place on the device when the communicator can
+/// (NCCL on burn-cuda), else staged through host memory (one read, one write).
+fn reduce_flat<Bi: Backend>(
+    comm: &mut dyn Communicator,
+    mut t: Tensor<Bi, 1>,
+) -> Result<Tensor<Bi, 1>, CommError> {
+    let on_device = comm.all_reduce_device(&mut t)?;
+    report_path(on_device);
+    if on_device {
+        return Ok(t);
+    }
+    let device = t.device();
+    let [n] = t.dims();
+    let mut v = host(t);
+    comm.all_reduce_sum(&mut v)?;
+    Ok(Tensor::from_data(TensorData::new(v, [n]), &device))
+}
+
+/// Says once per process which way gradients travel.
+fn report_path(on_device: bool) {
+    static REPORTED: std::sync::Once = std::sync::Once::new();
+    REPORTED.call_once(|| {
+        if on_device {
+            tracing::info!("gradient all-reduce: in place on the device (NCCL, no host staging)");
+        } else {
+            tracing::info!("gradient all-reduce: staged through host memory");
+        }
+    });
 }
 
 /// Mean of every gradient over processes, in the module's parameter order, in buckets of at most
-/// [`BUCKET`] floats.
+/// [`BUCKET`] floats (each bucket concatenated on the device, reduced there or through the host).
 pub fn all_reduce_grads<B: AutodiffBackend, M: Module<B>>(
     comm: &mut dyn Communicator,
     module: &M,
     mut grads: GradientsParams,
-    device: &<B::InnerBackend as burn::tensor::backend::BackendTypes>::Device,
 ) -> Result<GradientsParams, CommError> {
     let world = comm.world_size();
     if world == 1 {
         return Ok(grads);
     }
     let ids = ParamIds::of::<B, M>(module);
-    let mut pending: Vec<Flat> = Vec::new();
+    let mut pending: Vec<Flat<B::InnerBackend>> = Vec::new();
     let mut size = 0;
     let scale = 1.0 / world as f32;
-    let flush = |pending: &mut Vec<Flat>,
+    let flush = |pending: &mut Vec<Flat<B::InnerBackend>>,
                  grads: &mut GradientsParams,
                  comm: &mut dyn Communicator|
      -> Result<(), CommError> {
-        let mut bucket: Vec<f32> = pending
-            .iter()
-            .flat_map(|f| f.values.iter().copied())
-            .collect();
-        comm.all_reduce_sum(&mut bucket)?;
+        let bucket = Tensor::cat(pending.iter().map(|f| f.values.clone()).collect(), 0);
+        let bucket = reduce_flat(comm, bucket)? * scale;
         let mut at = 0;
         for mut f in pending.drain(..) {
-            let n = f.values.len();
-            f.values
-                .iter_mut()
-                .zip(&bucket[at..at + n])
-                .for_each(|(d, s)| *d = s * scale);
+            let [n] = f.values.dims();
+            f.values = bucket.clone().narrow(0, at, n);
             at += n;
-            by_rank!(f.rank, put, grads, f, device);
+            by_rank!(f.rank, put, grads, f);
         }
         Ok(())
     };
     for (id, d) in ids.0 {
         if let Some(f) = by_rank!(d, take, &mut grads, id) {
-            size += f.values.len();
+            size += f.values.dims()[0];
             pending.push(f);
             if size >= BUCKET {
                 flush(&mut pending, &mut grads, comm)?;
@@ -116,12 +138,22 @@ impl<B: Backend> ModuleMapper<B> for Broadcaster<'_> {
             return Param::from_mapped_value(id, t, mapper);
         }
         let shape = t.dims();
-        let mut v = host(t.clone());
-        if let Err(e) = self.comm.broadcast(&mut v) {
-            self.error = Some(e);
-            return Param::from_mapped_value(id, t, mapper);
-        }
-        let new = Tensor::<B, D>::from_data(TensorData::new(v, shape), &t.device());
+        let mut flat = t.clone().reshape([shape.iter().product::<usize>()]);
+        let new = match self.comm.broadcast_device(&mut flat) {
+            Ok(true) => flat.reshape(shape),
+            Ok(false) => {
+                let mut v = host(t.clone());
+                if let Err(e) = self.comm.broadcast(&mut v) {
+                    self.error = Some(e);
+                    return Param::from_mapped_value(id, t, mapper);
+                }
+                Tensor::<B, D>::from_data(TensorData::new(v, shape), &t.device())
+            }
+            Err(e) => {
+                self.error = Some(e);
+                return Param::from_mapped_value(id, t, mapper);
+            }
+        };
         let new = if t.is_require_grad() {
             new.require_grad()
         } else {

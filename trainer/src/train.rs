@@ -750,12 +750,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             };
         }
         // Seam 1: gradients averaged over processes, then clipped by their global norm.
-        let mut grads = all_reduce_grads::<B, _>(
-            self.comm.as_mut(),
-            &model,
-            accumulator.grads(),
-            &self.device,
-        )?;
+        let mut grads = all_reduce_grads::<B, _>(self.comm.as_mut(), &model, accumulator.grads())?;
         out.grad_norm = clip_global_norm(&model, &mut grads, self.cfg.optim.grad_clip);
         let lr = learning_rate(&self.cfg.optim, self.step, self.cfg.run.steps);
         model = self.optim.step(lr, model, grads);
@@ -766,8 +761,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let disc_lr = gan.cfg.disc_lr.unwrap_or(lr);
             let (grads, logs) = gan.discriminator_step(&pairs, self.step);
             out.add_discriminator(logs);
-            let grads =
-                all_reduce_grads::<B, _>(self.comm.as_mut(), gan.disc(), grads, &self.device)?;
+            let grads = all_reduce_grads::<B, _>(self.comm.as_mut(), gan.disc(), grads)?;
             gan.step_disc(disc_lr, grads);
         }
         out.gan = self.gan.is_some();
