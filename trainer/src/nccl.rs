@@ -132,7 +132,7 @@ impl NcclComm {
             )));
         }
         // Every kernel that writes the buffer has finished before NCCL reads it.
-        Cuda::sync(&device).map_err(|e| err("device sync", e))?;
+        <Cuda as Backend>::sync(&device).map_err(|e| err("device sync", e))?;
         let resource = cube
             .client
             .get_resource(cube.handle.clone())
