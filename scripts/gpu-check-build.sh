@@ -44,5 +44,27 @@ if missing:
 for name, path in found.items():
     shutil.copy(path, os.path.join(out, name))
 PY
-gzip -9 "$out"/*
+gzip -9 "$out"/launch "$out"/quantizers-golden "$out"/models-golden "$out"/estimators
+# The PyTorch side of the throughput step (the GPU image has torch, einops and numpy, not these).
+python3 -m pip download -q --no-deps -d "$out/wheels" taming-transformers==0.0.1 \
+  vector-quantize-pytorch==1.32.0 einx==0.4.3 frozendict==2.5.1 loguru==0.7.3 \
+  torch-einops-utils==0.2.0
 du -ch "$out"/* | sed 's/^/gpu-check-build: /'
+
+# What a device run carries: the tracked files, gpu-check/ and data/photos, 64 MiB at most.
+mib() { echo $(( ($1 + 1048575) / 1048576 )); }
+tracked=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+bundle=$(du -sb "$out" | cut -f1)
+photos=$(du -sb data/photos 2>/dev/null | cut -f1 || echo 0)
+total=$(( tracked + bundle + ${photos:-0} ))
+echo "gpu-check-build: a device run carries $(mib "$total") MiB: tracked files $(mib "$tracked"), gpu-check/ $(mib "$bundle"), data/photos $(mib "${photos:-0}")"
+lpips=models/tests/golden/lpips_vgg16_random.safetensors
+if [ "$total" -gt $(( 64 * 1048576 )) ]; then
+  cat <<EOF
+gpu-check-build: over the device tool's 64 MiB. The largest tracked file is the LPIPS golden case
+  ($lpips, $(mib "$(du -b "$lpips" | cut -f1)") MiB; the GPU check does not need it). Untrack it for the device run, then restore:
+    git rm -q --cached $lpips && echo /$lpips >> .git/info/exclude
+    # run: scripts/gpu-check.sh --out \$OUT/gpu-check.json   carry: gpu-check, data/photos
+    git reset -q -- $lpips && sed -i '\#^/$lpips\$#d' .git/info/exclude
+EOF
+fi

@@ -264,6 +264,11 @@ step_throughput() {
     || { tail -20 "$d/log"; return 1; }
   local rotor torch
   rotor="$(metric "$d/runs/bench_vqgan_f16/metrics.jsonl" steps_per_s)" || { echo "no rotor figure"; return 1; }
+  # taming-transformers and vector-quantize-pytorch from the bundle's wheels when not installed.
+  if ! "$python" -c 'import taming, vector_quantize_pytorch' 2>/dev/null && [ -d "$bundle/wheels" ]; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --target "$work/site" "$bundle"/wheels/*.whl \
+      && export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
   torch="$("$python" "$root/bench/taming_vqvae.py" --workload f16 --device cuda --rounds 2 --steps 20 2>"$d/torch.err" | tail -1)" \
     || { tail -5 "$d/torch.err"; echo "rotor $rotor steps/s; PyTorch side failed (torch, taming-transformers and vector-quantize-pytorch importable?)"; return 1; }
   "$python" - "$rotor" "$torch" <<'PY'
@@ -276,7 +281,9 @@ PY
 step_estimators() {
   local bin
   bin="$(exe estimators)" || { echo "estimators missing from $bundle: run scripts/gpu-check-build.sh"; return 1; }
-  "$bin" --backend "$device" --only-first --reps 3 2>&1 | grep '"bench"' | tail -1
+  "$bin" --backend "$device" --only-first --reps 3 > "$work/estimators.log" 2>&1 \
+    || { grep -v '^ ' "$work/estimators.log" | tail -8; return 1; }
+  grep '"bench"' "$work/estimators.log" | tail -1
 }
 
 overall=0
@@ -284,7 +291,13 @@ for s in $selected; do
   if [ $dry -eq 1 ]; then record "$s" planned 0 "would run on $device"; continue; fi
   t0=$SECONDS
   # In this shell (not a subshell): what a step exports (the NCCL path) holds for the next.
-  if ensure_nccl > "$work/$s.out" 2>&1; then step_$s >> "$work/$s.out" 2>&1; rc=$?; else rc=1; fi
+  # NCCL for the steps that start NcclComm (a cuda worker of any world size).
+  case $s in golden|estimators) need_nccl=0 ;; *) need_nccl=1 ;; esac
+  if [ $need_nccl -eq 0 ] || ensure_nccl > "$work/$s.out" 2>&1; then
+    step_$s >> "$work/$s.out" 2>&1; rc=$?
+  else
+    rc=1
+  fi
   text="$(cat "$work/$s.out")"
   secs=$(( SECONDS - t0 ))
   figures="$(printf '%s\n' "$text" | grep -E '^\{.*\}$' | tail -1)"
