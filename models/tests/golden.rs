@@ -248,8 +248,32 @@ fn check_on<Bk: AutodiffBackend>(case: &Case, device: &Bk::Device) -> Result<Str
     Ok(kind)
 }
 
-fn check_case(path: &Path) -> Result<String, String> {
-    check_on::<B>(&Case::load(path)?, &Default::default())
+/// Checks every case on the backend `Bk` (`label`: `""` for Flex, `" on wgpu"`, ...), printing
+/// a line per case and a summary line, and collects the failures.
+fn check_all<Bk: AutodiffBackend>(
+    paths: &[PathBuf],
+    dir: &Path,
+    label: &str,
+    failures: &mut Vec<String>,
+) {
+    let device = Default::default();
+    let mut failed = 0;
+    for path in paths {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        match Case::load(path).and_then(|c| check_on::<Bk>(&c, &device)) {
+            Ok(kind) => println!("golden ok   {name} ({kind}){label}"),
+            Err(e) => {
+                println!("golden FAIL {name}{label}: {e}");
+                failures.push(format!("{name}{label}: {e}"));
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "golden: checked {} model cases in {}{label}, {failed} failed",
+        paths.len(),
+        dir.display()
+    );
 }
 
 #[test]
@@ -263,68 +287,18 @@ fn golden_models_match_taming() {
     paths.sort();
     assert!(!paths.is_empty(), "no cases in {}", dir.display());
     let mut failures = Vec::new();
-    for path in &paths {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        match check_case(path) {
-            Ok(kind) => println!("golden ok   {name} ({kind})"),
-            Err(e) => {
-                println!("golden FAIL {name}: {e}");
-                failures.push(format!("{name}: {e}"));
-            }
-        }
-    }
-    println!(
-        "golden: checked {} model cases in {}, {} failed",
-        paths.len(),
-        dir.display(),
-        failures.len()
-    );
+    check_all::<B>(&paths, &dir, "", &mut failures);
     #[cfg(feature = "wgpu")]
-    {
-        type W = Autodiff<models::quantizers::burn_wgpu::Wgpu>;
-        let device = Default::default();
-        let mut failed = 0;
-        for path in &paths {
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            match Case::load(path).and_then(|c| check_on::<W>(&c, &device)) {
-                Ok(kind) => println!("golden ok   {name} ({kind}) on wgpu"),
-                Err(e) => {
-                    println!("golden FAIL {name} on wgpu: {e}");
-                    failures.push(format!("{name} on wgpu: {e}"));
-                    failed += 1;
-                }
-            }
-        }
-        println!(
-            "golden: checked {} model cases in {} on wgpu, {failed} failed",
-            paths.len(),
-            dir.display()
-        );
-    }
+    check_all::<Autodiff<models::quantizers::burn_wgpu::Wgpu>>(
+        &paths,
+        &dir,
+        " on wgpu",
+        &mut failures,
+    );
     // With the feature `cuda` (scripts/gpu-check.sh on a GPU machine), every case again on
     // burn-cuda, with the same tolerances.
     #[cfg(feature = "cuda")]
-    {
-        type C = Autodiff<burn::backend::Cuda>;
-        let device = Default::default();
-        let mut failed = 0;
-        for path in &paths {
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            match Case::load(path).and_then(|c| check_on::<C>(&c, &device)) {
-                Ok(kind) => println!("golden ok   {name} ({kind}) on cuda"),
-                Err(e) => {
-                    println!("golden FAIL {name} on cuda: {e}");
-                    failures.push(format!("{name} on cuda: {e}"));
-                    failed += 1;
-                }
-            }
-        }
-        println!(
-            "golden: checked {} model cases in {} on cuda, {failed} failed",
-            paths.len(),
-            dir.display()
-        );
-    }
+    check_all::<Autodiff<burn::backend::Cuda>>(&paths, &dir, " on cuda", &mut failures);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

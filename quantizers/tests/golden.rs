@@ -355,73 +355,54 @@ fn golden_cases_match_reference() {
         dir.display()
     );
     let mut failures = Vec::new();
-    for path in &paths {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        match check_case(path) {
-            Ok(kind) => println!("golden ok   {name} ({kind})"),
-            Err(e) => {
-                println!("golden FAIL {name}: {e}");
-                failures.push(format!("{name}: {e}"));
-            }
-        }
-    }
-    println!(
-        "golden: checked {} cases in {}, {} failed",
-        paths.len(),
-        dir.display(),
-        failures.len()
-    );
+    check_all(&paths, &dir, &flex(), "", &mut failures);
     #[cfg(feature = "wgpu")]
-    {
-        let on = wgpu();
-        let mut failed = 0;
-        for path in &paths {
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            match Case::load(path).and_then(|c| check_on(&c, &on)) {
-                Ok(kind) => println!("golden ok   {name} ({kind}) on wgpu"),
-                Err(e) => {
-                    println!("golden FAIL {name} on wgpu: {e}");
-                    failures.push(format!("{name} on wgpu: {e}"));
-                    failed += 1;
-                }
-            }
-        }
-        println!(
-            "golden: checked {} cases in {} on wgpu, {failed} failed",
-            paths.len(),
-            dir.display()
-        );
-    }
+    check_all(&paths, &dir, &wgpu(), " on wgpu", &mut failures);
     // With the feature `cuda` (scripts/gpu-check.sh on a GPU machine), every case again on
     // burn-cuda, with the wgpu floor (GPU reductions sum in another order than Flex too).
     #[cfg(feature = "cuda")]
-    {
-        let on = On::<burn::backend::Autodiff<burn::backend::Cuda>> {
+    check_all(
+        &paths,
+        &dir,
+        &On::<burn::backend::Autodiff<burn::backend::Cuda>> {
             device: Default::default(),
             atol: 2e-5,
-        };
-        let mut failed = 0;
-        for path in &paths {
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            match Case::load(path).and_then(|c| check_on(&c, &on)) {
-                Ok(kind) => println!("golden ok   {name} ({kind}) on cuda"),
-                Err(e) => {
-                    println!("golden FAIL {name} on cuda: {e}");
-                    failures.push(format!("{name} on cuda: {e}"));
-                    failed += 1;
-                }
-            }
-        }
-        println!(
-            "golden: checked {} cases in {} on cuda, {failed} failed",
-            paths.len(),
-            dir.display()
-        );
-    }
+        },
+        " on cuda",
+        &mut failures,
+    );
     assert!(
         failures.is_empty(),
         "golden failures:\n{}",
         failures.join("\n")
+    );
+}
+
+/// Checks every case on one backend (`on`: `""` for Flex, `" on wgpu"`, ...), printing a line
+/// per case and a summary line, and collects the failures.
+fn check_all<Bk: AutodiffBackend>(
+    paths: &[PathBuf],
+    dir: &Path,
+    on: &On<Bk>,
+    label: &str,
+    failures: &mut Vec<String>,
+) {
+    let mut failed = 0;
+    for path in paths {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        match Case::load(path).and_then(|c| check_on(&c, on)) {
+            Ok(kind) => println!("golden ok   {name} ({kind}){label}"),
+            Err(e) => {
+                println!("golden FAIL {name}{label}: {e}");
+                failures.push(format!("{name}{label}: {e}"));
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "golden: checked {} cases in {}{label}, {failed} failed",
+        paths.len(),
+        dir.display()
     );
 }
 
