@@ -7,11 +7,14 @@
 //! * [`VqModel`]: encoder -> quant_conv -> any quantizer -> post_quant_conv -> decoder;
 //! * [`NLayerDiscriminator`]: the PatchGAN with PyTorch-exact BatchNorm or ActNorm ([`norm`]);
 //! * [`Lpips`]: the VGG16 perceptual distance, weights only from user-supplied files;
+//! * [`VitEncoder`] / [`VitDecoder`]: ViT-VQGAN's transformer autoencoder (enhancing-transformers'
+//!   `ViTVQ`), and [`Timesformer`]: Hugging Face's divided space-time video transformer;
 //! * weight import/export under PyTorch names ([`StateDict`], [`weights`]): `.safetensors`,
 //!   `.pth`, `.ckpt`, with errors listing missing and unexpected keys.
 //!
 //! It knows nothing of files beyond weight files, of processes or of ranks.
 
+mod attention;
 mod autoencoder;
 mod autoencoder_config;
 pub mod blocks;
@@ -24,6 +27,9 @@ mod lpips;
 pub mod norm;
 mod peer_autoencoder;
 mod state_dict;
+mod stylegan2;
+mod timesformer;
+mod vit;
 mod vq_model;
 pub mod weights;
 
@@ -39,5 +45,14 @@ pub use lpips::{LPIPS_CHANNELS, LPIPS_HOWTO, Lpips, LpipsWeights};
 pub use peer_autoencoder::{PeerAutoencoder, PeerAutoencoderConfig};
 pub use quantizers;
 pub use state_dict::{StateDict, TensorEntry};
+pub use stylegan2::{
+    ConvAct, DownConv, FinalLinear, R1, StyleGan2Config, StyleGan2Discriminator, StyleGan2Naming,
+    StyleResBlock,
+};
+pub use timesformer::{Timesformer, TimesformerConfig, TimesformerNaming, TsLayer};
+pub use vit::{
+    PatchEmbed, ToPixels, VitConfig, VitDecoder, VitEncoder, VitNaming, VitStackConfig,
+    VitTransformer, sincos_position_table,
+};
 pub use vq_model::{Encoded, VqModel, VqModelConfig, VqOutput, codes_of_index_maps};
-pub use weights::{export_weights, load_weights, trainable_params};
+pub use weights::{export_grads, export_weights, load_weights, trainable_params};

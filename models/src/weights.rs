@@ -7,7 +7,10 @@ use std::collections::BTreeSet;
 
 use burn::{
     module::{Module, ModuleMapper, ModuleVisitor, Param},
-    tensor::{Tensor, TensorData, backend::Backend},
+    tensor::{
+        Tensor, TensorData,
+        backend::{AutodiffBackend, Backend},
+    },
 };
 
 use crate::{ModelError, StateDict, TensorEntry};
@@ -245,4 +248,58 @@ pub fn trainable_params<B: Backend, M: Module<B>>(module: &M) -> usize {
     let mut c = Counter(0);
     module.visit(&mut c);
     c.0
+}
+
+/// The gradient of every trainable parameter of `module` under its PyTorch key (for comparing
+/// with a reference's `param.grad`, and for inspecting a step). A trainable parameter the loss
+/// does not depend on has no entry in `grads`: it is exported as zeros, as its gradient is.
+pub fn export_grads<B: AutodiffBackend, M: Module<B>, N: Naming>(
+    module: &M,
+    naming: &N,
+    grads: &B::Gradients,
+) -> StateDict {
+    struct GradExporter<'a, B: AutodiffBackend, N: Naming> {
+        naming: &'a N,
+        grads: &'a B::Gradients,
+        path: Vec<String>,
+        dict: StateDict,
+    }
+    impl<B: AutodiffBackend, N: Naming> ModuleVisitor<B> for GradExporter<'_, B, N> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if !param.is_require_grad() {
+                return;
+            }
+            let key = self.naming.torch_key(&self.path.join("."));
+            let (mut shape, mut values) = match param.grad(self.grads) {
+                Some(g) => (
+                    g.dims().to_vec(),
+                    quantizers::host::read_f32(g, quantizers::host::HostRead::Eval),
+                ),
+                None => (
+                    param.dims().to_vec(),
+                    vec![0.0; param.shape().num_elements()],
+                ),
+            };
+            if key.transpose && shape.len() == 2 {
+                (shape, values) = transpose(&values, shape[0], shape[1]);
+            }
+            self.dict.insert(key.key, TensorEntry { shape, values });
+        }
+    }
+    let mut exporter = GradExporter {
+        naming,
+        grads,
+        path: Vec::new(),
+        dict: StateDict::default(),
+    };
+    module.visit(&mut exporter);
+    exporter.dict
 }

@@ -20,6 +20,9 @@ use models::{
     load_weights, weights::TamingNaming,
 };
 
+#[path = "support/golden_transformers.rs"]
+mod transformers;
+
 type B = Autodiff<Flex>;
 const ATOL: f32 = 1e-4;
 const RTOL: f32 = 1e-3;
@@ -66,6 +69,24 @@ impl Case {
         let s = &e.shape;
         Ok(Tensor::from_data(
             TensorData::new(e.values.clone(), [s[0], s[1], s[2], s[3]]),
+            device,
+        ))
+    }
+
+    fn tensor_n<Bk: Backend, const D: usize>(
+        &self,
+        name: &str,
+        device: &Bk::Device,
+    ) -> Result<Tensor<Bk, D>, String> {
+        let e = self
+            .dict
+            .get(name)
+            .ok_or_else(|| format!("tensor `{name}` missing"))?;
+        if e.shape.len() != D {
+            return Err(format!("`{name}` has shape {:?}, want rank {D}", e.shape));
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(e.values.clone(), e.shape.clone()),
             device,
         ))
     }
@@ -341,4 +362,152 @@ fn full_size_parameter_counts_match_taming() {
     }
     println!("parameter counts: {checked} configs match taming");
     assert!(checked >= 5);
+}
+
+#[test]
+fn golden_transformers_match_references() {
+    let dir = transformers::golden_dir();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no cases in {}", dir.display());
+    let mut failures = Vec::new();
+    transformers::check_all::<B>(&paths, &dir, "", 1e-5, &mut failures);
+    #[cfg(feature = "wgpu")]
+    transformers::check_all::<Autodiff<models::quantizers::burn_wgpu::Wgpu>>(
+        &paths,
+        &dir,
+        " on wgpu",
+        2e-5,
+        &mut failures,
+    );
+    #[cfg(feature = "cuda")]
+    transformers::check_all::<Autodiff<burn::backend::Cuda>>(
+        &paths,
+        &dir,
+        " on cuda",
+        2e-5,
+        &mut failures,
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The paper's full-size transformer configs: trainable parameter counts and every state-dict
+/// name and shape equal what the references build (`param_counts_transformers.json`).
+#[test]
+fn full_size_transformer_parameter_counts_match_references() {
+    use models::{
+        StyleGan2Config, StyleGan2Discriminator, StyleGan2Naming, Timesformer, TimesformerConfig,
+        TimesformerNaming, VitConfig, VitDecoder, VitEncoder, VitNaming, export_weights,
+    };
+    let path = transformers::golden_dir().join("param_counts_transformers.json");
+    let counts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let device = Default::default();
+    // Every state-dict name and shape the reference lists is exported, and nothing else.
+    let same_shapes = |name: &str, dict: &StateDict, want: &serde_json::Value| {
+        let Some(want) = want.as_object() else { return };
+        for (key, shape) in want {
+            let shape: Vec<usize> = serde_json::from_value(shape.clone()).unwrap();
+            let got = dict
+                .get(key)
+                .unwrap_or_else(|| panic!("{name}: `{key}` not exported"));
+            assert_eq!(got.shape, shape, "{name}: shape of `{key}`");
+        }
+        assert_eq!(dict.len(), want.len(), "{name}: exported names");
+    };
+    let mut checked = 0;
+    for (name, entry) in counts.as_object().unwrap() {
+        let cfg = &entry["config"];
+        if name.starts_with("vitvqgan") {
+            let mut c = cfg.clone();
+            let n_embed = c.as_object_mut().unwrap().remove("n_embed").unwrap();
+            let vit: VitConfig = serde_json::from_value(c).unwrap();
+            let enc = VitEncoder::<B>::new(&vit, &device).unwrap();
+            let dec = VitDecoder::<B>::new(&vit, &device).unwrap();
+            let t = &entry["trainable"];
+            assert_eq!(
+                models::trainable_params(&enc) as u64,
+                t["encoder"].as_u64().unwrap(),
+                "{name} encoder"
+            );
+            assert_eq!(
+                models::trainable_params(&dec) as u64,
+                t["decoder"].as_u64().unwrap(),
+                "{name} decoder"
+            );
+            let (e, d) = (vit.encoder.dim, vit.decoder.dim);
+            let emb = vit.embed_dim;
+            assert_eq!((e * emb + emb) as u64, t["pre_quant"].as_u64().unwrap());
+            assert_eq!((emb * d + d) as u64, t["post_quant"].as_u64().unwrap());
+            assert_eq!(
+                n_embed.as_u64().unwrap() * emb as u64,
+                t["quantizer"].as_u64().unwrap()
+            );
+            let all = &entry["including_frozen_pos_embedding"];
+            let with_frozen = |m: usize, tokens: usize, dim: usize| (m + tokens * dim) as u64;
+            let tokens = vit.grid() * vit.grid();
+            assert_eq!(
+                with_frozen(models::trainable_params(&enc), tokens, e),
+                all["encoder"].as_u64().unwrap()
+            );
+            assert_eq!(
+                with_frozen(models::trainable_params(&dec), tokens, d),
+                all["decoder"].as_u64().unwrap()
+            );
+            if let Some(shapes) = entry.get("shapes") {
+                let mut dict = StateDict::default();
+                dict.extend_prefixed("encoder.", export_weights(&enc, &VitNaming));
+                dict.extend_prefixed("decoder.", export_weights(&dec, &VitNaming));
+                let skip: Vec<&str> = vec!["quantizer.", "pre_quant.", "post_quant."];
+                let want: serde_json::Map<String, serde_json::Value> = shapes
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, _)| !skip.iter().any(|s| k.starts_with(s)))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                same_shapes(name, &dict, &serde_json::Value::Object(want));
+            }
+        } else if name.starts_with("stylegan2") {
+            let mut sg = StyleGan2Config::new(cfg["size"].as_u64().unwrap() as usize);
+            sg.channel_multiplier = cfg["channel_multiplier"].as_u64().unwrap() as usize;
+            let disc = StyleGan2Discriminator::<B>::new(&sg, &device).unwrap();
+            // The reference table, as the json spells it out.
+            for (r, w) in cfg["channels"].as_object().unwrap() {
+                assert_eq!(
+                    sg.width(r.parse().unwrap()) as u64,
+                    w.as_u64().unwrap(),
+                    "{name} width at {r}"
+                );
+            }
+            assert_eq!(
+                models::trainable_params(&disc) as u64,
+                entry["params"].as_u64().unwrap(),
+                "{name}"
+            );
+            if let Some(shapes) = entry.get("shapes") {
+                same_shapes(name, &export_weights(&disc, &StyleGan2Naming), shapes);
+            }
+        } else if name.starts_with("timesformer") {
+            let tc: TimesformerConfig = serde_json::from_value(cfg.clone()).unwrap();
+            let model = Timesformer::<B>::new(&tc, &device).unwrap();
+            assert_eq!(
+                models::trainable_params(&model) as u64,
+                entry["params"].as_u64().unwrap(),
+                "{name}"
+            );
+            if let Some(shapes) = entry.get("shapes") {
+                same_shapes(name, &export_weights(&model, &TimesformerNaming), shapes);
+            }
+        } else {
+            panic!("param_counts_transformers.json: unknown entry `{name}`");
+        }
+        checked += 1;
+    }
+    println!("parameter counts: {checked} transformer configs match the references");
+    assert_eq!(checked, 5);
 }
