@@ -1,5 +1,5 @@
 //! `Autoencoder`: any of rotor's VQ autoencoders behind one module type, chosen by a serde config
-//! (`kind = "vq_model" | "peer"`), so the trainer drives them without knowing which is inside.
+//! (`kind = "vq_model" | "peer" | "vit_vq"`), so the trainer drives them without knowing which is inside.
 
 use burn::{
     module::Module,
@@ -9,7 +9,10 @@ use burn::{
 use quantizers::{AnyQuantizer, Mode};
 use serde::{Deserialize, Serialize};
 
-use crate::{ModelError, PeerAutoencoder, PeerAutoencoderConfig, VqModel, VqModelConfig, VqOutput};
+use crate::{
+    ModelError, PeerAutoencoder, PeerAutoencoderConfig, VitVqModel, VitVqModelConfig, VqModel,
+    VqModelConfig, VqOutput,
+};
 
 /// Which autoencoder to build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,6 +22,8 @@ pub enum AutoencoderKind {
     VqModel(VqModelConfig),
     /// vector-quantize-pytorch's examples/autoencoder.py network.
     Peer(PeerAutoencoderConfig),
+    /// enhancing-transformers' ViTVQ (Table 4 ViT-VQGAN).
+    VitVq(VitVqModelConfig),
 }
 
 impl AutoencoderKind {
@@ -27,6 +32,7 @@ impl AutoencoderKind {
         Ok(match self {
             Self::VqModel(c) => Autoencoder::VqModel(c.init(device)?),
             Self::Peer(c) => Autoencoder::Peer(c.init(device)?),
+            Self::VitVq(c) => Autoencoder::VitVq(c.init(device)?),
         })
     }
 
@@ -35,6 +41,7 @@ impl AutoencoderKind {
         match self {
             Self::VqModel(c) => c.validate(),
             Self::Peer(c) => c.validate(),
+            Self::VitVq(c) => c.validate(),
         }
     }
 
@@ -43,6 +50,7 @@ impl AutoencoderKind {
         match self {
             Self::VqModel(c) => c.autoencoder.in_channels,
             Self::Peer(c) => c.in_channels,
+            Self::VitVq(c) => c.vit.channels,
         }
     }
 
@@ -51,6 +59,16 @@ impl AutoencoderKind {
         match self {
             Self::VqModel(c) => c.autoencoder.downsample_factor(),
             Self::Peer(_) => 4,
+            Self::VitVq(c) => c.vit.patch_size,
+        }
+    }
+
+    /// The one input side length the model takes, when it has one (the ViT's position tables
+    /// are built for `image_size`).
+    pub fn fixed_resolution(&self) -> Option<usize> {
+        match self {
+            Self::VitVq(c) => Some(c.vit.image_size),
+            _ => None,
         }
     }
 }
@@ -63,6 +81,8 @@ pub enum Autoencoder<B: Backend> {
     VqModel(VqModel<B>),
     /// The peer network.
     Peer(PeerAutoencoder<B>),
+    /// ViT-VQGAN.
+    VitVq(VitVqModel<B>),
 }
 
 impl<B: Backend> Autoencoder<B> {
@@ -71,6 +91,7 @@ impl<B: Backend> Autoencoder<B> {
         match self {
             Self::VqModel(m) => m.forward(x, mode),
             Self::Peer(m) => m.forward(x, mode),
+            Self::VitVq(m) => m.forward(x, mode),
         }
     }
 
@@ -79,6 +100,7 @@ impl<B: Backend> Autoencoder<B> {
         match self {
             Self::VqModel(m) => m.decode_indices(indices),
             Self::Peer(m) => m.decode_indices(indices),
+            Self::VitVq(m) => m.decode_indices(indices),
         }
     }
 
@@ -87,6 +109,7 @@ impl<B: Backend> Autoencoder<B> {
         match self {
             Self::VqModel(m) => &m.quantize,
             Self::Peer(m) => &m.quantize,
+            Self::VitVq(m) => &m.quantizer,
         }
     }
 
@@ -95,14 +118,18 @@ impl<B: Backend> Autoencoder<B> {
         match self {
             Self::VqModel(m) => &mut m.quantize,
             Self::Peer(m) => &mut m.quantize,
+            Self::VitVq(m) => &mut m.quantizer,
         }
     }
 
-    /// The decoder's last layer (the adaptive GAN weight's anchor): `decoder.conv_out`.
-    pub fn last_layer(&self) -> &Conv2d<B> {
+    /// The decoder's last convolution (the adaptive GAN weight's anchor): `decoder.conv_out`;
+    /// `None` for the ViT, whose last layer is a transposed convolution (enhancing's ViT-VQGAN
+    /// loss has no adaptive weight).
+    pub fn last_layer(&self) -> Option<&Conv2d<B>> {
         match self {
-            Self::VqModel(m) => &m.decoder.conv_out,
-            Self::Peer(m) => &m.dec2,
+            Self::VqModel(m) => Some(&m.decoder.conv_out),
+            Self::Peer(m) => Some(&m.dec2),
+            Self::VitVq(_) => None,
         }
     }
 
@@ -111,6 +138,7 @@ impl<B: Backend> Autoencoder<B> {
         match self {
             Self::VqModel(m) => crate::cpu::conv2d(&m.quant_conv, m.encoder.forward(x)),
             Self::Peer(m) => m.encode(x, Mode::Eval).latents,
+            Self::VitVq(m) => m.latents(x),
         }
     }
 }

@@ -30,6 +30,7 @@ mod state_dict;
 mod stylegan2;
 mod timesformer;
 mod vit;
+mod vit_vq_model;
 mod vq_model;
 pub mod weights;
 
@@ -54,5 +55,6 @@ pub use vit::{
     PatchEmbed, ToPixels, VitConfig, VitDecoder, VitEncoder, VitNaming, VitStackConfig,
     VitTransformer, sincos_position_table,
 };
+pub use vit_vq_model::{VitVqModel, VitVqModelConfig};
 pub use vq_model::{Encoded, VqModel, VqModelConfig, VqOutput, codes_of_index_maps};
 pub use weights::{export_grads, export_weights, load_weights, trainable_params};

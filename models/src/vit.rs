@@ -387,12 +387,16 @@ impl<B: Backend> VitDecoder<B> {
         })
     }
 
+    /// The normalized tokens before the last layer, `[B, N, dim]`.
+    pub fn features(&self, tokens: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.transformer
+            .forward(tokens + self.de_pos_embedding.val())
+    }
+
     /// `[B, N, dim]` -> `[B, C, S, S]`.
     pub fn forward(&self, tokens: Tensor<B, 3>) -> Tensor<B, 4> {
-        let x = self
-            .transformer
-            .forward(tokens + self.de_pos_embedding.val());
-        self.to_pixel.forward(x, self.grid, self.grid)
+        self.to_pixel
+            .forward(self.features(tokens), self.grid, self.grid)
     }
 }
 

@@ -179,9 +179,17 @@ struct VqNaming;
 
 impl Naming for VqNaming {
     fn torch_key(&self, path: &str) -> TorchKey {
-        let Some(rest) = path.strip_prefix("quantize.") else {
+        if !path.starts_with("quantize.") {
             return TorchKey::new(norm_param_names(path));
-        };
+        }
+        quantizer_key(path)
+    }
+}
+
+/// taming's key of a quantizer parameter at `quantize.<path inside AnyQuantizer>`.
+pub(crate) fn quantizer_key(path: &str) -> TorchKey {
+    {
+        let rest = &path["quantize.".len()..];
         // Drop the enum variant (`Vq.`, `Residual.`, and `Vq.` inside residual layers).
         let parts: Vec<&str> = rest
             .split('.')

@@ -163,6 +163,63 @@ pub enum ObjectiveConfig {
     /// taming's VQLPIPSWithDiscriminator: L1 + LPIPS + codebook loss + PatchGAN from `disc_start`
     /// with the adaptive weight.
     Vqgan(VqganObjective),
+    /// enhancing-transformers' ViT-VQGAN loss: log-Laplace / log-Gaussian + LPIPS + codebook
+    /// loss + a StyleGAN2 discriminator with R1 (Table 4).
+    VitVqgan(VitVqganObjective),
+}
+
+fn point_one() -> f32 {
+    0.1
+}
+
+fn vanilla() -> DiscLoss {
+    DiscLoss::Vanilla
+}
+
+/// The ViT-VQGAN objective (enhancing-transformers' `VQLPIPSWithDiscriminator`, its keys;
+/// defaults are its Table 4 config `imagenet_vitvq_small.yaml`).
+///
+/// Generator: `nll = loglaplace_weight * mean|x^ - x| + loggaussian_weight * mean (x^ - x)^2 +
+/// perceptual_weight * mean LPIPS(x, x^)`, `L = nll + f * adversarial_weight * g +
+/// codebook_weight * q_loss` with `g = mean softplus(-D(x^))` (vanilla) or `-mean D(x^)` (hinge)
+/// and `f = 1` from `disc_start` on. Discriminator: `f * 0.5 * (mean softplus(-D(x)) + mean
+/// softplus(D(x^)))` (vanilla; hinge with relu(1 -+ D)), plus on every `do_r1_every`-th step
+/// `r1_gamma * do_r1_every / 2 * mean_b ||dD(x_b)/dx_b||^2`. Both optimizers are AdamW with
+/// `[optim]`'s betas, eps and weight decay (enhancing: (0.9, 0.99), wd 1e-4). Pixels are rotor's
+/// `[-1, 1]` (enhancing feeds LPIPS `2x - 1` of its `[0, 1]` images: the same LPIPS input).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VitVqganObjective {
+    /// Weight of the quantizer loss (1.0).
+    #[serde(default = "one")]
+    pub codebook_weight: f32,
+    /// Weight of the mean absolute error, enhancing's log-Laplace term (Table 4: 0.0).
+    #[serde(default, alias = "l1_weight")]
+    pub loglaplace_weight: f32,
+    /// Weight of the mean squared error, enhancing's log-Gaussian term (Table 4: 1.0).
+    #[serde(default = "one", alias = "l2_weight")]
+    pub loggaussian_weight: f32,
+    /// Weight of LPIPS (Table 4: 0.1; 0 needs no weight files).
+    #[serde(default = "point_one")]
+    pub perceptual_weight: f32,
+    /// LPIPS weight files.
+    #[serde(default)]
+    pub lpips: LpipsWeights,
+    /// Weight of the generator's adversarial term (Table 4: 0.1; no adaptive weight).
+    #[serde(default = "point_one")]
+    pub adversarial_weight: f32,
+    /// Step from which the GAN terms and the discriminator's updates are on (0).
+    #[serde(default)]
+    pub disc_start: usize,
+    /// `vanilla` (enhancing's default) or `hinge`.
+    #[serde(default = "vanilla")]
+    pub disc_loss: DiscLoss,
+    /// The StyleGAN2 discriminator (`size` must be `data.resolution`; `r1_gamma` and
+    /// `do_r1_every` set R1).
+    pub discriminator: models::StyleGan2Config,
+    /// Learning rate of the discriminator (defaults to the generator's).
+    #[serde(default)]
+    pub disc_lr: Option<f64>,
 }
 
 fn one() -> f32 {
@@ -525,19 +582,73 @@ impl TrainConfig {
                 ("objective.disc_weight", v.disc_weight),
                 ("objective.disc_factor", v.disc_factor),
             ],
+            ObjectiveConfig::VitVqgan(v) => vec![
+                ("objective.codebook_weight", v.codebook_weight),
+                ("objective.loglaplace_weight", v.loglaplace_weight),
+                ("objective.loggaussian_weight", v.loggaussian_weight),
+                ("objective.perceptual_weight", v.perceptual_weight),
+                ("objective.adversarial_weight", v.adversarial_weight),
+            ],
         };
         for (key, w) in weights {
             if !(w >= 0.0 && w.is_finite()) {
                 return e(key, format!("must be >= 0 and finite, got {w}"));
             }
         }
-        if let ObjectiveConfig::Vqgan(v) = &self.objective
-            && let Some(lr) = v.disc_lr
+        let disc_lr = match &self.objective {
+            ObjectiveConfig::Vqgan(v) => v.disc_lr,
+            ObjectiveConfig::VitVqgan(v) => v.disc_lr,
+            ObjectiveConfig::Vqvae { .. } => None,
+        };
+        if let Some(lr) = disc_lr
             && !(lr > 0.0 && lr.is_finite())
         {
             return e(
                 "objective.disc_lr",
                 format!("must be > 0 and finite, got {lr}"),
+            );
+        }
+        if let ObjectiveConfig::VitVqgan(v) = &self.objective {
+            if let Err(models::ModelError::InvalidConfig { key, reason }) =
+                v.discriminator.validate()
+            {
+                return Err((format!("objective.discriminator.{key}"), reason));
+            }
+            if v.discriminator.size != self.data.resolution {
+                return e(
+                    "objective.discriminator.size",
+                    format!(
+                        "is {} but the images are {} pixels square (data.resolution)",
+                        v.discriminator.size, self.data.resolution
+                    ),
+                );
+            }
+            if v.perceptual_weight > 0.0 && (v.lpips.vgg16.is_none() || v.lpips.heads.is_none()) {
+                return e(
+                    "objective.lpips",
+                    format!(
+                        "perceptual_weight is {} but no LPIPS weight files are set. {}",
+                        v.perceptual_weight,
+                        models::LPIPS_HOWTO
+                    ),
+                );
+            }
+            if !matches!(self.model, AutoencoderKind::VitVq(_)) {
+                return e(
+                    "objective.kind",
+                    "vit_vqgan needs model.kind = \"vit_vq\"".into(),
+                );
+            }
+        }
+        if let Some(side) = self.model.fixed_resolution()
+            && side != self.data.resolution
+        {
+            return e(
+                "data.resolution",
+                format!(
+                    "is {} but the model is built for {side}-pixel images (model.vit.image_size)",
+                    self.data.resolution
+                ),
             );
         }
         if let ObjectiveConfig::Vqgan(v) = &self.objective {

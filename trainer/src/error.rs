@@ -64,8 +64,8 @@ impl TrainError {
     }
 }
 
-impl From<crate::communicator::CommError> for TrainError {
-    fn from(e: crate::communicator::CommError) -> Self {
+impl From<crate::comm::communicator::CommError> for TrainError {
+    fn from(e: crate::comm::communicator::CommError) -> Self {
         Self::Collective(e.0)
     }
 }

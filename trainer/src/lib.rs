@@ -7,30 +7,29 @@
 
 pub mod auth;
 mod checkpoint;
-mod communicator;
+mod comm;
 mod config;
 pub mod data;
 mod error;
-mod gan;
 mod grad_norm;
 mod metrics;
+mod objective;
 #[cfg(feature = "cuda")]
-pub mod nccl;
-pub mod ring;
+pub use comm::nccl;
+pub use comm::ring;
 mod schedule;
 mod step_stats;
-pub mod sync;
+pub use comm::sync;
 mod train;
 
 pub use auth::RunSecret;
 pub use checkpoint::{Checkpoints, RngState, TrainState};
-pub use communicator::{CommError, Communicator, SingleProcess};
+pub use comm::communicator::{CommError, Communicator, SingleProcess};
 pub use config::{
     DataConfig, DataSource, DiscLoss, ObjectiveConfig, OptimConfig, Reconstruction, RunConfig,
-    Schedule, TrainConfig, VqganObjective,
+    Schedule, TrainConfig, VitVqganObjective, VqganObjective,
 };
 pub use error::TrainError;
-pub use gan::GanLogs;
 pub use grad_norm::{clip_global_norm, global_norm};
 pub use metrics::{MetricsWriter, psnr, save_grid};
 pub use models;

@@ -10,8 +10,6 @@ use quantizers::{
     host::{HostRead, read_f32},
 };
 
-use crate::gan::GanLogs;
-
 /// What one optimizer step measured.
 #[derive(Debug, Clone, Default)]
 pub struct StepStats {
@@ -33,8 +31,9 @@ pub struct StepStats {
     pub restarted: usize,
     /// The quantizer's weighted loss terms by name (`commitment`, `codebook`, ...).
     pub terms: Vec<(&'static str, f32)>,
-    /// GAN terms (VQGAN objective).
-    pub gan: Option<GanLogs>,
+    /// The objective's own logged terms by name (`l1`, `perceptual`, `g_loss`, `disc_loss`,
+    /// ...; empty for the VQ-VAE objective).
+    pub objective: Vec<(&'static str, f32)>,
     /// Code histograms and squared errors of the step's batch (this process's micro-batches;
     /// at logging steps, the global batch's).
     pub usage: UsageTally,
@@ -63,18 +62,16 @@ pub(crate) struct PendingStats<Bi: Backend> {
     pub grad_norm: Option<Tensor<Bi, 1>>,
     /// `[1]` codes restarted.
     pub restarted: Option<Tensor<Bi, 1>>,
-    /// Whether the objective has GAN terms.
-    pub gan: bool,
     terms: Vec<(&'static str, Tensor<Bi, 1>)>,
-    generator: Option<Tensor<Bi, 1>>,
-    discriminator: Option<Tensor<Bi, 1>>,
+    /// The objective's terms, in its `term_names` order (absent: not produced this step, 0).
+    objective: Vec<(&'static str, Option<Tensor<Bi, 1>>)>,
     counts: Vec<Tensor<Bi, 1>>,
     sq_err_sum: Option<Tensor<Bi, 1>>,
     latents: usize,
 }
 
 impl<Bi: Backend> PendingStats<Bi> {
-    pub fn new(device: &Bi::Device) -> Self {
+    pub fn new(device: &Bi::Device, objective_terms: &[&'static str]) -> Self {
         let zero = || Tensor::zeros([1], device);
         Self {
             device: device.clone(),
@@ -83,10 +80,8 @@ impl<Bi: Backend> PendingStats<Bi> {
             quant: zero(),
             grad_norm: None,
             restarted: None,
-            gan: false,
             terms: Vec::new(),
-            generator: None,
-            discriminator: None,
+            objective: objective_terms.iter().map(|n| (*n, None)).collect(),
             counts: Vec::new(),
             sq_err_sum: None,
             latents: 0,
@@ -108,14 +103,12 @@ impl<Bi: Backend> PendingStats<Bi> {
         }
     }
 
-    /// Adds a micro-batch's generator fields (`[l1, perceptual, nll, g, d_weight]`, scaled).
-    pub fn add_generator(&mut self, logs: Tensor<Bi, 1>) {
-        Self::sum(&mut self.generator, logs);
-    }
-
-    /// Sets the discriminator's fields (`[disc_loss, logits_real, logits_fake]`).
-    pub fn add_discriminator(&mut self, logs: Tensor<Bi, 1>) {
-        Self::sum(&mut self.discriminator, logs);
+    /// Adds `value` `[1]` to the objective's term `name` (one of its `term_names`).
+    pub fn add_objective_term(&mut self, name: &'static str, value: Tensor<Bi, 1>) {
+        match self.objective.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, acc)) => Self::sum(acc, value),
+            None => debug_assert!(false, "objective term `{name}` not declared in term_names"),
+        }
     }
 
     /// Adds a micro-batch's code histograms and squared errors.
@@ -144,13 +137,12 @@ impl<Bi: Backend> PendingStats<Bi> {
         ];
         let names: Vec<&'static str> = self.terms.iter().map(|(n, _)| *n).collect();
         parts.extend(self.terms.into_iter().map(|(_, t)| t));
-        if self.gan {
-            parts.push(self.generator.unwrap_or_else(|| zero(GanLogs::GENERATOR)));
-            parts.push(
-                self.discriminator
-                    .unwrap_or_else(|| zero(GanLogs::FIELDS - GanLogs::GENERATOR)),
-            );
-        }
+        let objective_names: Vec<&'static str> = self.objective.iter().map(|(n, _)| *n).collect();
+        parts.extend(
+            self.objective
+                .into_iter()
+                .map(|(_, t)| t.unwrap_or_else(|| zero(1))),
+        );
         let sizes: Vec<usize> = self.counts.iter().map(|c| c.dims()[0]).collect();
         parts.extend(self.counts);
         parts.push(self.sq_err_sum.unwrap_or_else(|| zero(1)));
@@ -166,11 +158,7 @@ impl<Bi: Backend> PendingStats<Bi> {
             ..StepStats::default()
         };
         out.terms = names.into_iter().map(|n| (n, next())).collect();
-        if self.gan {
-            let mut g = GanLogs::default();
-            g.set_values(&(0..GanLogs::FIELDS).map(|_| next()).collect::<Vec<_>>());
-            out.gan = Some(g);
-        }
+        out.objective = objective_names.into_iter().map(|n| (n, next())).collect();
         let rest: Vec<f32> = std::iter::from_fn(|| Some(next()))
             .take(sizes.iter().sum::<usize>() + 1)
             .collect();

@@ -16,7 +16,7 @@ use std::{
 use burn::{
     module::AutodiffModule,
     optim::{
-        AdamConfig, AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer,
+        AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer,
         adaptor::OptimizerAdaptor,
     },
     record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder},
@@ -34,11 +34,10 @@ use serde_json::json;
 use crate::{
     Checkpoints, Communicator, SingleProcess, TrainConfig, TrainError,
     checkpoint::{RngState, TrainState},
-    config::{ObjectiveConfig, Reconstruction},
     data::{Dataset, Loader, LoaderOptions, Transform, load_batch, open_datasets},
-    gan::{Gan, GanLogs, Inner},
     grad_norm::clip_global_norm,
     metrics::{MetricsWriter, psnr, save_grid},
+    objective::{self, Inner, Objective},
     schedule::learning_rate,
     step_stats::{PendingStats, StepStats},
     sync::{
@@ -60,17 +59,6 @@ pub enum Resume {
 }
 
 type Optim<B> = OptimizerAdaptor<AdamW, Autoencoder<B>, B>;
-
-/// Forces burn's lazily initialized parameters to draw their values.
-fn materialize<B: AutodiffBackend, M: burn::module::Module<B>>(module: &M) {
-    struct Touch;
-    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Touch {
-        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
-            let _ = p.val();
-        }
-    }
-    module.visit(&mut Touch);
-}
 
 /// Serializes seeding + drawing the initial weights from the backend's global RNG.
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -116,14 +104,14 @@ pub struct Trainer<B: AutodiffBackend> {
     stop: Arc<AtomicBool>,
     stopped: bool,
     last_checkpoint: Option<usize>,
-    gan: Option<Gan<B>>,
+    objective: Box<dyn Objective<B>>,
     /// The k-means initialization of the codebook is still to do (read once at setup).
     quant_needs_init: bool,
     /// `[step, loss]` of the first non-finite loss since the last check (`step` -1: none).
     watch: Option<Inner<B, 1>>,
 }
 
-fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+pub(crate) fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::new()
 }
 
@@ -211,15 +199,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             .with_epsilon(o.eps)
             .with_weight_decay(o.weight_decay)
             .init::<B, Autoencoder<B>>();
-        let mut gan = match &cfg.objective {
-            ObjectiveConfig::Vqgan(v) => Some(Gan::new(v, cfg.optim.betas, &device)?),
-            ObjectiveConfig::Vqvae { .. } => None,
-        };
+        let mut objective = objective::build::<B>(&cfg.objective, &cfg.optim, &device)?;
+        objective.check_micro_batch(cfg.run.batch_size / world / cfg.optim.accumulate)?;
         // burn initializes parameters lazily, on first use: draw them now, under the lock.
-        materialize(&model);
-        if let Some(g) = &gan {
-            materialize(g.disc());
-        }
+        objective::materialize(&model);
+        objective.materialize();
         drop(init_guard);
         let mut step = 0;
         let mut cursor = 0;
@@ -274,28 +258,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 }
             })?;
             optim = optim.load_record(record);
-            if let Some(g) = &mut gan {
-                let disc = g.disc.take().expect("disc");
-                g.disc = Some(
-                    disc.load_file(dir.join("disc"), &recorder(), &device)
-                        .map_err(|e| TrainError::Checkpoint {
-                            path: dir.clone(),
-                            reason: format!("discriminator: {e}"),
-                        })?,
-                );
-                let record = recorder()
-                    .load(dir.join("disc_optim"), &device)
-                    .map_err(|e| TrainError::Checkpoint {
-                        path: dir.clone(),
-                        reason: format!("discriminator optimizer: {e}"),
-                    })?;
-                let fresh = AdamConfig::new()
-                    .with_beta_1(cfg.optim.betas[0])
-                    .with_beta_2(cfg.optim.betas[1])
-                    .init();
-                g.optim =
-                    Optimizer::<models::NLayerDiscriminator<B>, B>::load_record(fresh, record);
-            }
+            objective.load(&dir, &device)?;
             quant_rng = state
                 .quant_rng
                 .restore()
@@ -336,10 +299,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             });
         }
         model = broadcast_module(comm.as_mut(), model)?;
-        if let Some(g) = &mut gan {
-            let d = g.disc.take().expect("disc");
-            g.disc = Some(broadcast_module(comm.as_mut(), d)?);
-        }
+        objective.broadcast(comm.as_mut())?;
         let quant_needs_init = model.quantizer().needs_init();
         let metrics = if comm.rank() == 0 {
             Some(MetricsWriter::open(&run_dir, resumed_at.or(Some(0)))?)
@@ -364,7 +324,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             stop: Arc::new(AtomicBool::new(false)),
             stopped: false,
             last_checkpoint: resumed_at,
-            gan,
+            objective,
             quant_needs_init,
             watch: None,
         })
@@ -515,19 +475,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 for (name, v) in &stats.terms {
                     record[format!("q_{name}")] = json!(v);
                 }
-                if let Some(g) = &stats.gan {
-                    for (k, v) in [
-                        ("l1", g.l1),
-                        ("perceptual", g.perceptual),
-                        ("nll", g.nll),
-                        ("g_loss", g.g),
-                        ("d_weight", g.d_weight),
-                        ("disc_loss", g.disc_loss),
-                        ("logits_real", g.logits_real),
-                        ("logits_fake", g.logits_fake),
-                    ] {
-                        record[k] = json!(v);
-                    }
+                for (name, v) in &stats.objective {
+                    record[*name] = json!(v);
                 }
                 if bar.is_none() && self.comm.rank() == 0 {
                     tracing::info!(
@@ -640,25 +589,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         images: &[f32],
         shape: [usize; 4],
     ) -> Result<PendingStats<B::InnerBackend>, TrainError> {
-        let accumulate = self.cfg.optim.accumulate;
+        let micro_batches = self.cfg.optim.accumulate;
         let [b, c, h, w] = shape;
-        let micro = b / accumulate;
+        let micro = b / micro_batches;
         let per = c * h * w;
-        let k = accumulate as f32;
         let mut model = self.model.take().expect("model present");
         let mut accumulator = GradientsAccumulator::<Autoencoder<B>>::new();
         let mut stats_sum: Vec<EmaStats<B::InnerBackend>> = Vec::new();
-        let mut out = PendingStats::new(&self.device);
-        let (reconstruction, clamp, qw) = match &self.cfg.objective {
-            ObjectiveConfig::Vqvae {
-                reconstruction,
-                clamp_output,
-                quantizer_weight,
-            } => (*reconstruction, *clamp_output, *quantizer_weight),
-            ObjectiveConfig::Vqgan(v) => (Reconstruction::L1, false, v.codebook_weight),
-        };
-        let mut pairs = Vec::new();
-        for m in 0..accumulate {
+        let mut out = PendingStats::new(&self.device, self.objective.term_names());
+        for m in 0..micro_batches {
             let x = self.tensor(
                 &images[m * micro * per..(m + 1) * micro * per],
                 [micro, c, h, w],
@@ -672,113 +611,29 @@ impl<B: AutodiffBackend> Trainer<B> {
                 self.quant_needs_init = false;
                 tracing::info!("codebook initialized by k-means on the first batch");
             }
-            let fwd = model.forward(x.clone(), Mode::Train);
-            // `backprop` carries the reconstruction terms' gradient; `rec_value` is their value.
-            let (backprop, rec_value) = match &mut self.gan {
-                None => {
-                    let rec_img = if clamp {
-                        fwd.reconstruction.clone().clamp(-1.0, 1.0)
-                    } else {
-                        fwd.reconstruction.clone()
-                    };
-                    let rec = match reconstruction {
-                        Reconstruction::Mse => (rec_img - x.clone()).powi_scalar(2).mean(),
-                        Reconstruction::L1 => (rec_img - x.clone()).abs().mean(),
-                    };
-                    let v = rec.clone().inner();
-                    (rec / k, v)
-                }
-                Some(gan) => {
-                    if gan.factor(self.step) > 0.0 && gan.disc_needs_init() {
-                        // ActNorm's data-dependent init from rank 0's batch, the same everywhere.
-                        gan.init_disc(x.clone());
-                        let disc = gan.disc.take().expect("disc");
-                        gan.disc = Some(broadcast_module(self.comm.as_mut(), disc)?);
-                    }
-                    let (bp, v, logs) = gan.generator(
-                        &x,
-                        &fwd.reconstruction,
-                        &fwd.decoder_features,
-                        model.last_layer(),
-                        self.step,
-                        1.0 / k,
-                    );
-                    out.add_generator(logs / k);
-                    pairs.push((
-                        x.clone().inner(),
-                        fwd.reconstruction.clone().detach().inner(),
-                    ));
-                    (bp, v)
-                }
-            };
-            let quant = quantizer_loss(self.comm.as_mut(), &fwd.encoded.quant)? * qw;
-            let quant_value = quant.clone().inner();
-            let total = rec_value.clone() + quant_value.clone();
-            out.loss = out.loss.clone() + total.clone() / k;
-            out.rec = out.rec.clone() + rec_value / k;
-            out.quant = out.quant.clone() + quant_value / k;
-            self.watch_loss(total);
-            for term in &fwd.encoded.quant.losses {
-                out.add_term(term.name, term.value.clone().inner() * (qw / k));
-            }
-            out.add_usage(&fwd.encoded.quant.usage);
-            let grads = (backprop + quant / k).backward();
-            accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
-            let stats: Vec<EmaStats<B::InnerBackend>> = fwd
-                .encoded
-                .quant
-                .stats
-                .into_iter()
-                .map(|s| EmaStats {
-                    counts: s.counts.inner(),
-                    sums: s.sums.inner(),
-                    candidates: s.candidates.inner(),
-                })
-                .collect();
-            stats_sum = if stats_sum.is_empty() {
-                stats
-            } else {
-                stats_sum
-                    .into_iter()
-                    .zip(stats)
-                    .map(|(a, b)| EmaStats {
-                        counts: a.counts + b.counts,
-                        sums: a.sums + b.sums,
-                        candidates: Tensor::cat(vec![a.candidates, b.candidates], 0),
-                    })
-                    .collect()
-            };
+            let stats =
+                self.forward_backward(&model, x, micro_batches, &mut out, &mut accumulator)?;
+            stats_sum = merge_stats(stats_sum, stats);
         }
         // Seam 1: gradients averaged over processes, then clipped by their global norm.
         let mut grads = all_reduce_grads::<B, _>(self.comm.as_mut(), &model, accumulator.grads())?;
         out.grad_norm = clip_global_norm(&model, &mut grads, self.cfg.optim.grad_clip);
         let lr = learning_rate(&self.cfg.optim, self.step, self.cfg.run.steps);
         model = self.optim.step(lr, model, grads);
-        // The discriminator's turn, on this step's reconstructions (its gradients through the seam too).
-        if let Some(gan) = &mut self.gan
-            && gan.factor(self.step) > 0.0
+        // The objective's discriminator turn, on this step's reconstructions (its gradients
+        // through the same seam).
+        for (name, value) in self
+            .objective
+            .discriminator_step(self.comm.as_mut(), self.step, lr)?
         {
-            let disc_lr = gan.cfg.disc_lr.unwrap_or(lr);
-            let (grads, logs) = gan.discriminator_step(&pairs, self.step);
-            out.add_discriminator(logs);
-            let grads = all_reduce_grads::<B, _>(self.comm.as_mut(), gan.disc(), grads)?;
-            gan.step_disc(disc_lr, grads);
+            out.add_objective_term(name, value);
         }
-        out.gan = self.gan.is_some();
         // Seam 2: EMA statistics summed over processes before the codebook update.
         let stats = all_reduce_stats(self.comm.as_mut(), stats_sum)?;
         if !stats.is_empty() {
-            let stats = stats
-                .into_iter()
-                .map(|s| EmaStats {
-                    counts: Tensor::from_inner(s.counts),
-                    sums: Tensor::from_inner(s.sums),
-                    candidates: Tensor::from_inner(s.candidates),
-                })
-                .collect();
             out.restarted = model
                 .quantizer_mut()
-                .apply_stats(stats, &mut self.quant_rng)?
+                .apply_stats(stats_from_inner(stats), &mut self.quant_rng)?
                 .restarted_codes
                 .map(|t| t.inner());
         }
@@ -786,6 +641,56 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.step += 1;
         self.cursor += self.cfg.run.batch_size as u64;
         Ok(out)
+    }
+
+    /// One micro-batch of `micro_batches`: forward, the objective's generator loss and the
+    /// quantizer's, backward, gradients into `accumulator`; returns the quantizer's EMA
+    /// statistics (summed over processes later, at seam 2).
+    fn forward_backward(
+        &mut self,
+        model: &Autoencoder<B>,
+        x: Tensor<B, 4>,
+        micro_batches: usize,
+        out: &mut PendingStats<B::InnerBackend>,
+        accumulator: &mut GradientsAccumulator<Autoencoder<B>>,
+    ) -> Result<Vec<EmaStats<B::InnerBackend>>, TrainError> {
+        let k = micro_batches as f32;
+        let fwd = model.forward(x.clone(), Mode::Train);
+        self.objective.prepare(&x, self.step, self.comm.as_mut())?;
+        let generator =
+            self.objective
+                .generator(&x, &fwd, model.last_layer(), self.step, micro_batches);
+        for (name, value) in generator.terms {
+            out.add_objective_term(name, value / k);
+        }
+        let quantizer_weight = self.objective.quantizer_weight();
+        let quant = quantizer_loss(self.comm.as_mut(), &fwd.encoded.quant)? * quantizer_weight;
+        let quant_value = quant.clone().inner();
+        let total = generator.value.clone() + quant_value.clone();
+        out.loss = out.loss.clone() + total.clone() / k;
+        out.rec = out.rec.clone() + generator.value / k;
+        out.quant = out.quant.clone() + quant_value / k;
+        self.watch_loss(total);
+        for term in &fwd.encoded.quant.losses {
+            out.add_term(
+                term.name,
+                term.value.clone().inner() * (quantizer_weight / k),
+            );
+        }
+        out.add_usage(&fwd.encoded.quant.usage);
+        let grads = (generator.backprop + quant / k).backward();
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        Ok(fwd
+            .encoded
+            .quant
+            .stats
+            .into_iter()
+            .map(|s| EmaStats {
+                counts: s.counts.inner(),
+                sums: s.sums.inner(),
+                candidates: s.candidates.inner(),
+            })
+            .collect())
     }
 
     /// Turns this process's step statistics into the global batch's: losses averaged over
@@ -798,9 +703,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let mut buf: Vec<f32> = vec![stats.loss, stats.rec, stats.quant];
         buf.extend(stats.terms.iter().map(|(_, v)| *v));
-        if let Some(g) = &stats.gan {
-            buf.extend(g.values());
-        }
+        buf.extend(stats.objective.iter().map(|(_, v)| *v));
         let scalars = buf.len();
         buf.extend(stats.usage.to_flat().into_iter().map(|v| v as f32));
         self.comm.all_reduce_sum(&mut buf)?;
@@ -813,9 +716,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         for (_, v) in &mut stats.terms {
             *v = next();
         }
-        if let Some(g) = &mut stats.gan {
-            let v: Vec<f32> = (0..GanLogs::FIELDS).map(|_| next()).collect();
-            g.set_values(&v);
+        for (_, v) in &mut stats.objective {
+            *v = next();
         }
         let usage: Vec<f64> = buf[scalars..].iter().map(|&v| v as f64).collect();
         stats.usage.set_flat(&usage);
@@ -849,13 +751,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 &self.device,
             );
             let out = model.forward(x.clone(), Mode::Eval);
-            let clamp = matches!(
-                self.cfg.objective,
-                ObjectiveConfig::Vqvae {
-                    clamp_output: true,
-                    ..
-                }
-            );
+            let clamp = self.objective.clamp_output();
             let rec = if clamp {
                 out.reconstruction.clone().clamp(-1.0, 1.0)
             } else {
@@ -955,10 +851,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let model = self.model().clone();
         let optim_record = self.optim.to_record();
         let cfg_toml = toml::to_string(&self.cfg).unwrap_or_default();
-        let gan = self
-            .gan
-            .as_ref()
-            .map(|g| (g.disc().clone(), g.optim.to_record()));
+        let objective = &self.objective;
         let dir = self.checkpoints.save(&state, |dir| {
             model
                 .save_file(dir.join("model"), &recorder())
@@ -972,20 +865,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     path: dir.to_path_buf(),
                     reason: format!("optimizer: {e}"),
                 })?;
-            if let Some((disc, record)) = gan {
-                disc.save_file(dir.join("disc"), &recorder()).map_err(|e| {
-                    TrainError::Checkpoint {
-                        path: dir.to_path_buf(),
-                        reason: format!("discriminator: {e}"),
-                    }
-                })?;
-                recorder()
-                    .record(record, dir.join("disc_optim"))
-                    .map_err(|e| TrainError::Checkpoint {
-                        path: dir.to_path_buf(),
-                        reason: format!("discriminator optimizer: {e}"),
-                    })?;
-            }
+            objective.save(dir)?;
             std::fs::write(dir.join("config.toml"), cfg_toml).map_err(|e| TrainError::io(dir, e))
         })?;
         tracing::debug!("checkpoint written: {}", dir.display());
@@ -994,3 +874,33 @@ impl<B: AutodiffBackend> Trainer<B> {
 }
 
 use burn::module::Module;
+
+/// Adds a micro-batch's EMA statistics to the step's (candidates concatenated in order).
+fn merge_stats<Bi: burn::tensor::backend::Backend>(
+    sum: Vec<EmaStats<Bi>>,
+    micro: Vec<EmaStats<Bi>>,
+) -> Vec<EmaStats<Bi>> {
+    if sum.is_empty() {
+        return micro;
+    }
+    sum.into_iter()
+        .zip(micro)
+        .map(|(a, b)| EmaStats {
+            counts: a.counts + b.counts,
+            sums: a.sums + b.sums,
+            candidates: Tensor::cat(vec![a.candidates, b.candidates], 0),
+        })
+        .collect()
+}
+
+/// All-reduced statistics back on the autodiff backend, for `apply_stats`.
+fn stats_from_inner<B: AutodiffBackend>(stats: Vec<EmaStats<B::InnerBackend>>) -> Vec<EmaStats<B>> {
+    stats
+        .into_iter()
+        .map(|s| EmaStats {
+            counts: Tensor::from_inner(s.counts),
+            sums: Tensor::from_inner(s.sums),
+            candidates: Tensor::from_inner(s.candidates),
+        })
+        .collect()
+}

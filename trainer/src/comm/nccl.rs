@@ -27,7 +27,7 @@ use cudarc::{
     nccl::{Comm, Id, ReduceOp},
 };
 
-use crate::communicator::{CommError, Communicator};
+use crate::comm::communicator::{CommError, Communicator};
 
 /// NCCL over the GPUs of a run, one per process.
 pub struct NcclComm {

@@ -11,7 +11,7 @@ use burn::{
 use quantizers::{EmaStats, QuantOut};
 
 use crate::{
-    communicator::{CommError, Communicator},
+    comm::communicator::{CommError, Communicator},
     grad_norm::{ParamIds, by_rank},
 };
 

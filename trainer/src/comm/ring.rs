@@ -18,7 +18,7 @@ use std::{
 
 use crate::{
     auth::{NONCE_LEN, PROOF_LEN, RunSecret},
-    communicator::{CommError, Communicator},
+    comm::communicator::{CommError, Communicator},
 };
 
 /// What the ring's proofs are bound to (a store proof cannot be replayed here): the connecting

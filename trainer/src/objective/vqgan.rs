@@ -14,83 +14,23 @@
 //! Discriminator: `f * 0.5 (mean relu(1 - D(x)) + mean relu(1 + D(x^)))` (hinge) or with softplus
 //! (vanilla), on `x^` detached, with its own Adam optimizer.
 
+use std::path::Path;
+
 use burn::{
-    module::Param,
+    module::{Module, Param},
     nn::conv::Conv2d,
-    optim::{Adam, AdamConfig, GradientsParams, adaptor::OptimizerAdaptor},
+    optim::{Adam, AdamConfig, GradientsParams, Optimizer, adaptor::OptimizerAdaptor},
+    record::Recorder,
     tensor::{Tensor, activation, backend::AutodiffBackend},
 };
-use models::{Lpips, NLayerDiscriminator};
+use models::{Lpips, NLayerDiscriminator, VqOutput};
 
-use crate::{DiscLoss, TrainError, VqganObjective};
-
-/// Values of the GAN terms of one generator step (for metrics).
-#[derive(Debug, Clone, Default)]
-pub struct GanLogs {
-    /// Mean L1 reconstruction error.
-    pub l1: f32,
-    /// Mean LPIPS.
-    pub perceptual: f32,
-    /// `nll`.
-    pub nll: f32,
-    /// `g = -mean D(x^)`.
-    pub g: f32,
-    /// Adaptive weight (0 before `disc_start`).
-    pub d_weight: f32,
-    /// Discriminator loss (after its step).
-    pub disc_loss: f32,
-    /// Mean logits on real images.
-    pub logits_real: f32,
-    /// Mean logits on reconstructions.
-    pub logits_fake: f32,
-}
-
-impl GanLogs {
-    /// Number of fields in [`GanLogs::values`].
-    pub(crate) const FIELDS: usize = 8;
-    /// Of those, the generator's (the first ones).
-    pub(crate) const GENERATOR: usize = 5;
-
-    /// The fields in declaration order (for an all-reduce).
-    pub(crate) fn values(&self) -> [f32; Self::FIELDS] {
-        [
-            self.l1,
-            self.perceptual,
-            self.nll,
-            self.g,
-            self.d_weight,
-            self.disc_loss,
-            self.logits_real,
-            self.logits_fake,
-        ]
-    }
-
-    /// Sets the fields from [`GanLogs::values`]' order.
-    pub(crate) fn set_values(&mut self, v: &[f32]) {
-        if let [
-            l1,
-            perceptual,
-            nll,
-            g,
-            d_weight,
-            disc_loss,
-            logits_real,
-            logits_fake,
-        ] = *v
-        {
-            *self = Self {
-                l1,
-                perceptual,
-                nll,
-                g,
-                d_weight,
-                disc_loss,
-                logits_real,
-                logits_fake,
-            };
-        }
-    }
-}
+use super::{GeneratorLoss, Inner, Objective, ckpt_err};
+use crate::{
+    Communicator, DiscLoss, TrainError, VqganObjective,
+    comm::sync::{all_reduce_grads, broadcast_module},
+    train::recorder,
+};
 
 /// A micro-batch's real images and (detached) reconstructions.
 pub(crate) type RealFake<B> = (
@@ -108,10 +48,11 @@ pub(crate) struct Gan<B: AutodiffBackend> {
     pub lpips: Option<Lpips<B>>,
     /// The discriminator's ActNorm is known to be initialized (saves reading its flag).
     pub disc_initialized: bool,
+    /// This step's micro-batches, for the discriminator's turn.
+    pub pairs: Vec<RealFake<B>>,
+    /// Adam betas (to rebuild the optimizer when loading its state).
+    pub betas: [f32; 2],
 }
-
-/// A tensor of the backend without autodiff.
-pub(crate) type Inner<B, const D: usize> = Tensor<<B as AutodiffBackend>::InnerBackend, D>;
 
 impl<B: AutodiffBackend> Gan<B> {
     pub fn new(
@@ -133,6 +74,8 @@ impl<B: AutodiffBackend> Gan<B> {
                 .init(),
             lpips,
             disc_initialized: false,
+            pairs: Vec::new(),
+            betas,
         })
     }
 
@@ -153,7 +96,7 @@ impl<B: AutodiffBackend> Gan<B> {
     /// gradient of `nll + d_w f g` through `x^`, scaled by `scale`), the value `[1]` of
     /// `nll + d_w f g`, and the first [`GanLogs::GENERATOR`] logged fields `[l1, perceptual, nll,
     /// g, d_weight]`, all on the device (the adaptive weight too: nothing here waits for it).
-    pub fn generator(
+    pub fn generator_terms(
         &mut self,
         x: &Tensor<B, 4>,
         xhat: &Tensor<B, 4>,
@@ -225,7 +168,7 @@ impl<B: AutodiffBackend> Gan<B> {
     /// One discriminator update on micro-batches (at least one) of (real, reconstruction) pairs:
     /// its gradients and the discriminator's logged fields `[disc_loss, logits_real,
     /// logits_fake]` (means over the micro-batches, on the device).
-    pub fn discriminator_step(
+    pub fn disc_grads(
         &mut self,
         pairs: &[RealFake<B>],
         step: usize,
@@ -266,9 +209,138 @@ impl<B: AutodiffBackend> Gan<B> {
 
     /// Applies (all-reduced) discriminator gradients.
     pub fn step_disc(&mut self, lr: f64, grads: GradientsParams) {
-        use burn::optim::Optimizer;
         let disc = self.disc.take().expect("disc");
         self.disc = Some(self.optim.step(lr, disc, grads));
+    }
+}
+
+/// The logged terms: the generator's five, then the discriminator's three.
+const TERMS: [&str; 8] = [
+    "l1",
+    "perceptual",
+    "nll",
+    "g_loss",
+    "d_weight",
+    "disc_loss",
+    "logits_real",
+    "logits_fake",
+];
+
+/// `[n]` -> `n` named `[1]` terms.
+fn named<B: AutodiffBackend>(
+    names: &[&'static str],
+    v: Inner<B, 1>,
+) -> Vec<(&'static str, Inner<B, 1>)> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, v.clone().narrow(0, i, 1)))
+        .collect()
+}
+
+impl<B: AutodiffBackend> Objective<B> for Gan<B> {
+    fn quantizer_weight(&self) -> f32 {
+        self.cfg.codebook_weight
+    }
+
+    fn term_names(&self) -> &'static [&'static str] {
+        &TERMS
+    }
+
+    fn materialize(&self) {
+        super::materialize(self.disc());
+    }
+
+    fn broadcast(&mut self, comm: &mut dyn Communicator) -> Result<(), TrainError> {
+        let d = self.disc.take().expect("disc");
+        self.disc = Some(broadcast_module(comm, d)?);
+        Ok(())
+    }
+
+    fn prepare(
+        &mut self,
+        x: &Tensor<B, 4>,
+        step: usize,
+        comm: &mut dyn Communicator,
+    ) -> Result<(), TrainError> {
+        if self.factor(step) > 0.0 && self.disc_needs_init() {
+            // ActNorm's data-dependent init from rank 0's batch, the same everywhere.
+            self.init_disc(x.clone());
+            self.broadcast(comm)?;
+        }
+        Ok(())
+    }
+
+    fn generator(
+        &mut self,
+        x: &Tensor<B, 4>,
+        out: &VqOutput<B>,
+        last_layer: Option<&Conv2d<B>>,
+        step: usize,
+        micro_batches: usize,
+    ) -> GeneratorLoss<B> {
+        let last = last_layer.expect("the vqgan objective needs a decoder with a last convolution (config validation checks it)");
+        let (backprop, value, logs) = self.generator_terms(
+            x,
+            &out.reconstruction,
+            &out.decoder_features,
+            last,
+            step,
+            1.0 / micro_batches as f32,
+        );
+        self.pairs.push((
+            x.clone().inner(),
+            out.reconstruction.clone().detach().inner(),
+        ));
+        GeneratorLoss {
+            backprop,
+            value,
+            terms: named::<B>(&TERMS[..5], logs),
+        }
+    }
+
+    fn discriminator_step(
+        &mut self,
+        comm: &mut dyn Communicator,
+        step: usize,
+        lr: f64,
+    ) -> Result<Vec<(&'static str, Inner<B, 1>)>, TrainError> {
+        let pairs = std::mem::take(&mut self.pairs);
+        if self.factor(step) <= 0.0 || pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let disc_lr = self.cfg.disc_lr.unwrap_or(lr);
+        let (grads, logs) = self.disc_grads(&pairs, step);
+        let grads = all_reduce_grads::<B, _>(comm, self.disc(), grads)?;
+        self.step_disc(disc_lr, grads);
+        Ok(named::<B>(&TERMS[5..], logs))
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        self.disc()
+            .clone()
+            .save_file(dir.join("disc"), &recorder())
+            .map_err(|e| ckpt_err(dir, "discriminator", e))?;
+        recorder()
+            .record(self.optim.to_record(), dir.join("disc_optim"))
+            .map_err(|e| ckpt_err(dir, "discriminator optimizer", e))
+    }
+
+    fn load(&mut self, dir: &Path, device: &B::Device) -> Result<(), TrainError> {
+        let disc = self.disc.take().expect("disc");
+        self.disc = Some(
+            disc.load_file(dir.join("disc"), &recorder(), device)
+                .map_err(|e| ckpt_err(dir, "discriminator", e))?,
+        );
+        let record = recorder()
+            .load(dir.join("disc_optim"), device)
+            .map_err(|e| ckpt_err(dir, "discriminator optimizer", e))?;
+        let fresh = AdamConfig::new()
+            .with_beta_1(self.betas[0])
+            .with_beta_2(self.betas[1])
+            .init();
+        self.optim = Optimizer::<NLayerDiscriminator<B>, B>::load_record(fresh, record);
+        Ok(())
     }
 }
 
@@ -351,7 +423,7 @@ mod tests {
         // discriminator's batch statistics, on the same inputs.
         let x = Tensor::<B, 4>::random([2, 3, 16, 16], Distribution::Uniform(-1.0, 1.0), &device);
         let out = model.forward(x.clone(), Mode::Eval);
-        let (_, _, logs) = gan.generator(
+        let (_, _, logs) = gan.generator_terms(
             &x,
             &out.reconstruction,
             &out.decoder_features,
