@@ -17,11 +17,12 @@ use std::collections::BTreeMap;
 
 use burn::{
     module::{Initializer, Module, Param, ParamId},
+    nn::{PaddingConfig2d, conv::Conv2d},
     tensor::{
         Tensor, TensorData,
         backend::Backend,
-        module::{conv_transpose2d, conv2d},
-        ops::{ConvOptions, ConvTransposeOptions},
+        module::conv_transpose2d,
+        ops::ConvTransposeOptions,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -61,8 +62,9 @@ pub struct StyleGan2Config {
     pub size: usize,
     /// Width at each resolution (side length -> channels, from S down to 4); absent: the
     /// reference table `{4..32: 512, 64: 256cm, 128: 128cm, 256: 64cm, 512: 32cm, 1024: 16cm}`.
+    /// Keys are side lengths written as strings (`{ "32" = 256, ... }`, TOML and JSON alike).
     #[serde(default)]
-    pub channels: Option<BTreeMap<usize, usize>>,
+    pub channels: Option<BTreeMap<String, usize>>,
     /// Only [1, 3, 3, 1] (the reference's layers ignore the argument).
     #[serde(default = "default_blur")]
     pub blur_kernel: Vec<usize>,
@@ -101,7 +103,10 @@ impl StyleGan2Config {
     /// Width at side length `r`.
     pub fn width(&self, r: usize) -> usize {
         if let Some(map) = &self.channels {
-            return map.get(&r).copied().unwrap_or(0);
+            return map
+                .iter()
+                .find(|(k, _)| k.trim().parse::<usize>() == Ok(r))
+                .map_or(0, |(_, w)| *w);
         }
         let cm = self.channel_multiplier;
         match r {
@@ -120,6 +125,14 @@ impl StyleGan2Config {
             return Err(ModelError::config(
                 "size",
                 format!("{} is not a power of two from 8 to 1024", self.size),
+            ));
+        }
+        if let Some(map) = &self.channels
+            && let Some(bad) = map.keys().find(|k| k.trim().parse::<usize>().is_err())
+        {
+            return Err(ModelError::config(
+                "channels",
+                format!("key `{bad}` is not a side length (write {{ \"32\" = 256, \"16\" = 512, ... }})"),
             ));
         }
         let mut r = self.size;
@@ -200,8 +213,20 @@ fn scaled<B: Backend>(w: &Param<Tensor<B, 4>>) -> Tensor<B, 4> {
     w.val() * (1.0 / ((i * k * k) as f64).sqrt())
 }
 
-fn conv_opts(stride: usize, pad: usize, groups: usize) -> ConvOptions<2> {
-    ConvOptions::new([stride; 2], [pad; 2], [1; 2], groups)
+/// `x` convolved with `weight` (no bias), through rotor's CPU kernels where they apply (the
+/// weight stays a node of the graph: its gradient reaches the stored parameter).
+fn conv<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: usize, pad: usize) -> Tensor<B, 4> {
+    let [_, _, kh, kw] = weight.dims();
+    let layer = Conv2d {
+        weight: Param::initialized(ParamId::new(), weight),
+        bias: None,
+        stride: [stride; 2],
+        kernel_size: [kh, kw],
+        dilation: [1; 2],
+        groups: 1,
+        padding: PaddingConfig2d::Explicit(pad, pad, pad, pad),
+    };
+    crate::cpu::conv2d(&layer, x)
 }
 
 fn adjoint_opts(stride: usize, pad: usize, groups: usize) -> ConvTransposeOptions<2> {
@@ -232,7 +257,7 @@ impl<B: Backend> ConvAct<B> {
 
     /// (output, pre-activation).
     fn forward(&self, x: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let y = conv2d(x, scaled(&self.conv0), None, conv_opts(1, self.pad(), 1));
+        let y = conv(x, scaled(&self.conv0), 1, self.pad());
         let pre = y + self.act1.val().reshape([1, -1, 1, 1]);
         (act(pre.clone()), pre)
     }
@@ -264,6 +289,16 @@ fn blur_kernel<B: Backend>(device: &B::Device) -> Param<Tensor<B, 2>> {
     )
 }
 
+/// The [1,3,3,1] blur after zero padding `pad` on every side: the depthwise 4x4 filter
+/// `kernel` (the `blur0` buffer, outer([1,3,3,1],[1,3,3,1])/64) applied to every channel as one
+/// single-channel convolution over `B*C` planes (rotor's CPU kernel; no grouped convolution).
+fn blur<B: Backend>(x: Tensor<B, 4>, kernel: Tensor<B, 2>, pad: usize) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    let y = conv(x.reshape([b * c, 1, h, w]), kernel.reshape([1, 1, 4, 4]), 1, pad);
+    let [_, _, ho, wo] = y.dims();
+    y.reshape([b, c, ho, wo])
+}
+
 impl<B: Backend> DownConv<B> {
     fn new(c_in: usize, c_out: usize, k: usize, activate: bool, device: &B::Device) -> Self {
         Self {
@@ -278,20 +313,10 @@ impl<B: Backend> DownConv<B> {
         (2 + self.conv1.dims()[2] - 1) / 2
     }
 
-    fn blur_weight(&self, c: usize) -> Tensor<B, 4> {
-        self.blur0.val().reshape([1, 1, 4, 4]).expand([c, 1, 4, 4])
-    }
-
     /// (output, pre-activation if any).
     fn forward(&self, x: Tensor<B, 4>) -> (Tensor<B, 4>, Option<Tensor<B, 4>>) {
-        let c = x.dims()[1];
-        let xb = conv2d(
-            x,
-            self.blur_weight(c),
-            None,
-            conv_opts(1, self.blur_pad(), c),
-        );
-        let y = conv2d(xb, scaled(&self.conv1), None, conv_opts(2, 0, 1));
+        let xb = blur(x, self.blur0.val(), self.blur_pad());
+        let y = conv(xb, scaled(&self.conv1), 2, 0);
         match &self.act2 {
             Some(b) => {
                 let pre = y + b.val().reshape([1, -1, 1, 1]);
@@ -307,13 +332,9 @@ impl<B: Backend> DownConv<B> {
             None => g,
         };
         let g = conv_transpose2d(g, scaled(&self.conv1), None, adjoint_opts(2, 0, 1));
-        let c = g.dims()[1];
-        conv_transpose2d(
-            g,
-            self.blur_weight(c),
-            None,
-            adjoint_opts(1, self.blur_pad(), c),
-        )
+        // The adjoint of "pad p, then a valid 4x4 correlation" with a symmetric filter is the
+        // same filter on the gradient padded by 3 - p.
+        blur(g, self.blur0.val(), 3 - self.blur_pad())
     }
 }
 
