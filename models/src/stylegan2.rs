@@ -19,10 +19,7 @@ use burn::{
     module::{Initializer, Module, Param, ParamId},
     nn::{PaddingConfig2d, conv::Conv2d},
     tensor::{
-        Tensor, TensorData,
-        backend::Backend,
-        module::conv_transpose2d,
-        ops::ConvTransposeOptions,
+        Tensor, TensorData, backend::Backend, module::conv_transpose2d, ops::ConvTransposeOptions,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -132,7 +129,9 @@ impl StyleGan2Config {
         {
             return Err(ModelError::config(
                 "channels",
-                format!("key `{bad}` is not a side length (write {{ \"32\" = 256, \"16\" = 512, ... }})"),
+                format!(
+                    "key `{bad}` is not a side length (write {{ \"32\" = 256, \"16\" = 512, ... }})"
+                ),
             ));
         }
         let mut r = self.size;
@@ -215,7 +214,12 @@ fn scaled<B: Backend>(w: &Param<Tensor<B, 4>>) -> Tensor<B, 4> {
 
 /// `x` convolved with `weight` (no bias), through rotor's CPU kernels where they apply (the
 /// weight stays a node of the graph: its gradient reaches the stored parameter).
-fn conv<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: usize, pad: usize) -> Tensor<B, 4> {
+fn conv<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    stride: usize,
+    pad: usize,
+) -> Tensor<B, 4> {
     let [_, _, kh, kw] = weight.dims();
     let layer = Conv2d {
         weight: Param::initialized(ParamId::new(), weight),
@@ -294,7 +298,12 @@ fn blur_kernel<B: Backend>(device: &B::Device) -> Param<Tensor<B, 2>> {
 /// single-channel convolution over `B*C` planes (rotor's CPU kernel; no grouped convolution).
 fn blur<B: Backend>(x: Tensor<B, 4>, kernel: Tensor<B, 2>, pad: usize) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
-    let y = conv(x.reshape([b * c, 1, h, w]), kernel.reshape([1, 1, 4, 4]), 1, pad);
+    let y = conv(
+        x.reshape([b * c, 1, h, w]),
+        kernel.reshape([1, 1, 4, 4]),
+        1,
+        pad,
+    );
     let [_, _, ho, wo] = y.dims();
     y.reshape([b, c, ho, wo])
 }
