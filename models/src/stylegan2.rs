@@ -9,18 +9,23 @@
 //! R1 needs the gradient of the penalty `||dD/dx||^2` with respect to the weights, a second-order
 //! derivative that burn's autodiff does not take. [`StyleGan2Discriminator::r1_penalty`] therefore
 //! writes the input gradient `dD/dx` itself, as a chain of ordinary tensor operations (each
-//! convolution's adjoint is a transposed convolution with the same weight, each activation's a
-//! mask): that graph is differentiable, and one `backward` of the penalty gives the reference's
-//! second-order weight gradients.
+//! convolution's adjoint is a convolution with its kernel flipped and transposed, after spreading
+//! the gradient over even positions for stride 2; each activation's a mask): that graph is
+//! differentiable, and one `backward` of the penalty gives the reference's second-order weight
+//! gradients.
+//!
+//! burn-cubecl 0.21 (wgpu, CUDA) computes the input gradient of a 1x1 stride-2 convolution, and
+//! `conv_transpose2d` with a 1x1 kernel and stride 2, wrongly (measured on lavapipe against Flex:
+//! relative error ~1). The skip path's 1x1 stride-2 convolution is therefore taken as the even
+//! positions followed by a 1x1 convolution, and no transposed convolution is used; the golden
+//! case checks every gradient on wgpu.
 
 use std::collections::BTreeMap;
 
 use burn::{
     module::{Initializer, Module, Param, ParamId},
     nn::{PaddingConfig2d, conv::Conv2d},
-    tensor::{
-        Tensor, TensorData, backend::Backend, module::conv_transpose2d, ops::ConvTransposeOptions,
-    },
+    tensor::{Tensor, TensorData, backend::Backend},
 };
 use serde::{Deserialize, Serialize};
 
@@ -233,10 +238,6 @@ fn conv<B: Backend>(
     crate::cpu::conv2d(&layer, x)
 }
 
-fn adjoint_opts(stride: usize, pad: usize, groups: usize) -> ConvTransposeOptions<2> {
-    ConvTransposeOptions::new([stride; 2], [pad; 2], [0; 2], [1; 2], groups)
-}
-
 /// `ConvLayer` without downsampling: equalized conv (stride 1, padding k/2, no bias) then the
 /// fused activation with its bias (`{conv0 -> 0.weight, act1 -> 1.bias}`).
 #[derive(Module, Debug)]
@@ -268,7 +269,9 @@ impl<B: Backend> ConvAct<B> {
 
     fn backward(&self, g: Tensor<B, 4>, pre: Tensor<B, 4>) -> Tensor<B, 4> {
         let g = act_grad(pre, g);
-        conv_transpose2d(g, scaled(&self.conv0), None, adjoint_opts(1, self.pad(), 1))
+        // A stride-1 convolution's adjoint: the same convolution with the kernel flipped in
+        // space and transposed in channels (padding k - 1 - k/2 = k/2 for odd k).
+        conv(g, adjoint_kernel(scaled(&self.conv0)), 1, self.pad())
     }
 }
 
@@ -308,6 +311,42 @@ fn blur<B: Backend>(x: Tensor<B, 4>, kernel: Tensor<B, 2>, pad: usize) -> Tensor
     y.reshape([b, c, ho, wo])
 }
 
+/// `[B, C, H, W]` -> `[B, C, ceil(H/2), ceil(W/2)]`: rows and columns 0, 2, 4, ...
+fn even_positions<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    use burn::tensor::ops::PadMode;
+    let [b, c, h, w] = x.dims();
+    let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.pad((0, w2 * 2 - w, 0, h2 * 2 - h), PadMode::Constant(0.0))
+    } else {
+        x
+    };
+    x.reshape([b * c * h2, 2, w2, 2])
+        .narrow(1, 0, 1)
+        .narrow(3, 0, 1)
+        .reshape([b, c, h2, w2])
+}
+
+/// `W [out, in, k, k]` -> `[in, out, k, k]` flipped in both spatial axes: the kernel whose
+/// convolution is the adjoint of `W`'s (stride 1).
+fn adjoint_kernel<B: Backend>(w: Tensor<B, 4>) -> Tensor<B, 4> {
+    if w.dims()[2] == 1 {
+        return w.swap_dims(0, 1);
+    }
+    w.swap_dims(0, 1).flip([2, 3])
+}
+
+/// `[B, C, h, w]` -> `[B, C, 2h - 1, 2w - 1]` with `x` at the even positions, zeros elsewhere
+/// (the input gradient of a stride-2 1x1 convolution's output).
+fn dilate2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    let z = x.zeros_like();
+    let rows = Tensor::stack::<5>(vec![x, z], 3).reshape([b, c, 2 * h, w]);
+    let z = rows.zeros_like();
+    let both = Tensor::stack::<5>(vec![rows, z], 4).reshape([b, c, 2 * h, 2 * w]);
+    both.narrow(2, 0, 2 * h - 1).narrow(3, 0, 2 * w - 1)
+}
+
 impl<B: Backend> DownConv<B> {
     fn new(c_in: usize, c_out: usize, k: usize, activate: bool, device: &B::Device) -> Self {
         Self {
@@ -325,7 +364,14 @@ impl<B: Backend> DownConv<B> {
     /// (output, pre-activation if any).
     fn forward(&self, x: Tensor<B, 4>) -> (Tensor<B, 4>, Option<Tensor<B, 4>>) {
         let xb = blur(x, self.blur0.val(), self.blur_pad());
-        let y = conv(xb, scaled(&self.conv1), 2, 0);
+        let y = if self.conv1.dims()[2] == 1 {
+            // A 1x1 stride-2 convolution is the even positions then a 1x1 convolution; written
+            // so, because burn-cubecl 0.21 computes the input gradient of a 1x1 stride-2 conv2d
+            // (and conv_transpose2d with that kernel) wrongly on wgpu/CUDA.
+            conv(even_positions(xb), scaled(&self.conv1), 1, 0)
+        } else {
+            conv(xb, scaled(&self.conv1), 2, 0)
+        };
         match &self.act2 {
             Some(b) => {
                 let pre = y + b.val().reshape([1, -1, 1, 1]);
@@ -340,7 +386,13 @@ impl<B: Backend> DownConv<B> {
             Some(pre) => act_grad(pre, g),
             None => g,
         };
-        let g = conv_transpose2d(g, scaled(&self.conv1), None, adjoint_opts(2, 0, 1));
+        // A stride-2 convolution's adjoint: its output gradient on the even positions of a
+        // (2h-1) x (2w-1) grid, then the flipped, channel-transposed kernel with padding k - 1.
+        // (Not burn's conv_transpose2d: burn-cubecl 0.21 gets it wrong for a 1x1 kernel with
+        // stride 2 -- up to 28 off on wgpu against Flex -- and all convolutions here then go
+        // through the same kernels, rotor's on the CPU.)
+        let k = self.conv1.dims()[2];
+        let g = conv(dilate2(g), adjoint_kernel(scaled(&self.conv1)), 1, k - 1);
         // The adjoint of "pad p, then a valid 4x4 correlation" with a symmetric filter is the
         // same filter on the gradient padded by 3 - p.
         blur(g, self.blur0.val(), 3 - self.blur_pad())
