@@ -6,8 +6,9 @@
 # Needs the Fashion-MNIST and sample photos (./scripts/fetch-data.sh) and a Python environment
 # with torch, vector-quantize-pytorch and taming-transformers (bench/README.md); PEER_PYTHON
 # points at its interpreter (default .venv-peer/bin/python), PEER_FASHION at the Fashion-MNIST
-# peer script (default ../shared/peers/fashion_vq.py). Prints every JSON line, then one summary
-# line per workload with both steps/s and rotor's ratio.
+# peer script (default ../shared/peers/fashion_vq.py), ENHANCING_DIR at a checkout of
+# thuanz123/enhancing-transformers for the ViT-VQGAN workload (skipped, saying so, without one).
+# Prints every JSON line, then one summary line per workload with both steps/s and rotor's ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PEER_PYTHON:-.venv-peer/bin/python}
@@ -29,6 +30,11 @@ cargo bench -q -p trainer --bench cpu_step -- --rounds 3 | grep '^{' | tee -a "$
 "$PY" "$FASHION" data/fashion-mnist/train-images-idx3-ubyte.gz 300 2>/dev/null \
   | grep '"rotation"' | tee -a "$out"
 "$PY" bench/taming_vqvae.py --rounds 3 2>/dev/null | grep '^{' | tee -a "$out"
+if [ -f "${ENHANCING_DIR:-enhancing-transformers}/enhancing/modules/stage1/layers.py" ]; then
+  "$PY" bench/enhancing_vit.py --rounds 3 2>/dev/null | grep '^{' | tee -a "$out"
+else
+  echo "vit_small: no enhancing-transformers checkout (set ENHANCING_DIR): PyTorch side skipped" >&2
+fi
 python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]

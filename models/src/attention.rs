@@ -27,3 +27,13 @@ pub fn multi_head_attention<B: Backend>(
         .swap_dims(1, 2)
         .reshape([b, n, heads * dim_head])
 }
+
+/// `linear` applied to tokens `[B, N, in]` as ONE matrix product over all `B*N` rows (burn's
+/// `Linear` on a 3-D input runs a batched product per sample, and its weight gradient a sum of
+/// per-sample products: slower, the same values up to summation order).
+pub fn linear_tokens<B: Backend>(linear: &burn::nn::Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, n, d] = x.dims();
+    let y = linear.forward(x.reshape([b * n, d]));
+    let o = y.dims()[1];
+    y.reshape([b, n, o])
+}

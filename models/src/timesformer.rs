@@ -13,7 +13,11 @@ use burn::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ModelError, attention::multi_head_attention, cpu, vit::PatchEmbed, weights::Naming,
+    ModelError,
+    attention::{linear_tokens, multi_head_attention},
+    cpu,
+    vit::PatchEmbed,
+    weights::Naming,
     weights::TorchKey,
 };
 
@@ -190,8 +194,8 @@ impl<B: Backend> TsAttention<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let d = x.dims()[2];
         let h = self.attention.heads;
-        let ctx = multi_head_attention(self.attention.qkv.forward(x), h, d / h);
-        self.output.dense.forward(ctx)
+        let ctx = multi_head_attention(linear_tokens(&self.attention.qkv, x), h, d / h);
+        linear_tokens(&self.output.dense, ctx)
     }
 }
 
@@ -250,7 +254,7 @@ impl<B: Backend> TsLayer<B> {
         let r = self
             .temporal_attention
             .forward(self.temporal_layernorm.forward(seq));
-        let r = self.temporal_dense.forward(r.reshape([b, n * t, d]));
+        let r = linear_tokens(&self.temporal_dense, r.reshape([b, n * t, d]));
         let patches = patches + r;
         // 2. Spatial attention over [cls, the N patches] of each frame.
         let frames = patches
@@ -270,8 +274,8 @@ impl<B: Backend> TsLayer<B> {
         let x = Tensor::cat(vec![cls + r_cls, patches + r_patch], 1);
         // 3. MLP on every token.
         let h = self.layernorm_after.forward(x.clone());
-        let h = cpu::gelu(self.intermediate.dense.forward(h));
-        x + self.output.dense.forward(h)
+        let h = cpu::gelu(linear_tokens(&self.intermediate.dense, h));
+        x + linear_tokens(&self.output.dense, h)
     }
 }
 

@@ -14,7 +14,12 @@ use burn::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{ModelError, attention::multi_head_attention, weights::Naming, weights::TorchKey};
+use crate::{
+    ModelError,
+    attention::{linear_tokens, multi_head_attention},
+    weights::Naming,
+    weights::TorchKey,
+};
 
 /// One transformer stack (the encoder's or the decoder's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,19 +247,18 @@ impl<B: Backend> VitTransformer<B> {
         for block in &self.layers {
             let a = &block.attn;
             let h = multi_head_attention(
-                a.to_qkv.forward(a.norm.forward(x.clone())),
+                linear_tokens(&a.to_qkv, a.norm.forward(x.clone())),
                 a.heads,
                 a.dim_head,
             );
             let h = match &a.to_out {
-                Some(out) => out.forward(h),
+                Some(out) => linear_tokens(out, h),
                 None => h,
             };
             x = x + h;
             let f = &block.ff;
-            let h = f
-                .fc2
-                .forward(f.fc1.forward(f.norm.forward(x.clone())).tanh());
+            let h = linear_tokens(&f.fc1, f.norm.forward(x.clone())).tanh();
+            let h = linear_tokens(&f.fc2, h);
             x = x + h;
         }
         self.norm.forward(x)
@@ -291,9 +295,9 @@ impl<B: Backend> PatchEmbed<B> {
         let patches = x
             .reshape([b, c, gh, p, gw, p])
             .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b, gh * gw, c * p * p]);
+            .reshape([b * gh * gw, c * p * p]);
         let w = self.weight.val().reshape([dim, c * p * p]).transpose();
-        patches.matmul(w.unsqueeze()) + self.bias.val().unsqueeze()
+        (patches.matmul(w) + self.bias.val().unsqueeze()).reshape([b, gh * gw, dim])
     }
 }
 
@@ -314,7 +318,8 @@ impl<B: Backend> ToPixels<B> {
         let b = t.dims()[0];
         let w = self.weight.val().reshape([dim, c * p * p]);
         let bias = self.bias.val().reshape([1, c, 1, 1]);
-        t.matmul(w.unsqueeze())
+        t.reshape([b * gh * gw, dim])
+            .matmul(w)
             .reshape([b, gh, gw, c, p, p])
             .permute([0, 3, 1, 4, 2, 5])
             .reshape([b, c, gh * p, gw * p])

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Encoded, ModelError, StateDict, VitConfig, VitDecoder, VitEncoder, VitNaming, VqOutput,
+    attention::linear_tokens,
     codes_of_index_maps,
     weights::{Naming, TorchKey, export_weights, load_weights},
 };
@@ -99,7 +100,7 @@ fn map_to_tokens<B: Backend>(m: Tensor<B, 4>) -> Tensor<B, 3> {
 impl<B: Backend> VitVqModel<B> {
     /// Latents before quantization `[B, embed_dim, g, g]`.
     pub fn latents(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let tokens = self.pre_quant.forward(self.encoder.forward(x));
+        let tokens = linear_tokens(&self.pre_quant, self.encoder.forward(x));
         tokens_to_map(tokens, self.decoder.grid)
     }
 
@@ -111,7 +112,7 @@ impl<B: Backend> VitVqModel<B> {
     /// Decodes quantized latents `[B, embed_dim, g, g]`, also returning the decoder's
     /// normalized tokens as a map `[B, dim, g, g]` (the input of its last layer).
     pub fn decode_with_features(&self, quantized: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let tokens = self.post_quant.forward(map_to_tokens(quantized));
+        let tokens = linear_tokens(&self.post_quant, map_to_tokens(quantized));
         let g = self.decoder.grid;
         let features = self.decoder.features(tokens);
         let image = self.decoder.to_pixel.forward(features.clone(), g, g);

@@ -6,9 +6,11 @@
 //!   batch 256); PyTorch side: `../shared/peers/fashion_vq.py`.
 //! - `vqvae`: `bench/vqvae_small.toml` (taming-style VQ-VAE, 64x64, batch 8); PyTorch side:
 //!   `bench/taming_vqvae.py`.
+//! - `vit`: `bench/vit_small.toml` (the ViT-VQGAN autoencoder, 64x64, patch 8, width 256, depth 4,
+//!   batch 8); PyTorch side: `bench/enhancing_vit.py` (enhancing-transformers' own ViT modules).
 //!
 //! ```text
-//! cargo bench -p trainer --bench cpu_step [-- --workload peer|vqvae|all] [--rounds 3] [--baseline]
+//! cargo bench -p trainer --bench cpu_step [-- --workload peer|vqvae|vit|all] [--rounds 3] [--baseline]
 //! ```
 //!
 //! Prints one JSON line per workload: the median over rounds of steps/s. `--baseline` also runs
@@ -35,7 +37,7 @@ struct Workload {
     steps: usize,
 }
 
-const WORKLOADS: [Workload; 2] = [
+const WORKLOADS: [Workload; 3] = [
     Workload {
         name: "peer_fashion_vq",
         config: "configs/peer_fashion_vq.toml",
@@ -45,6 +47,12 @@ const WORKLOADS: [Workload; 2] = [
     Workload {
         name: "vqvae_small",
         config: "bench/vqvae_small.toml",
+        warmup: 3,
+        steps: 20,
+    },
+    Workload {
+        name: "vit_small",
+        config: "bench/vit_small.toml",
         warmup: 3,
         steps: 20,
     },
