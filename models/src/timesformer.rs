@@ -7,7 +7,7 @@
 
 use burn::{
     module::{Initializer, Module, Param},
-    nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig},
+    nn::{LayerNorm, LayerNormConfig, Linear},
     tensor::{Tensor, backend::Backend},
 };
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use crate::{
     ModelError,
     attention::{linear_tokens, multi_head_attention},
     cpu,
-    vit::PatchEmbed,
+    vit::{PatchEmbed, linear},
     weights::Naming,
     weights::TorchKey,
 };
@@ -139,17 +139,6 @@ impl TimesformerConfig {
     pub fn patches(&self) -> usize {
         (self.image_size / self.patch_size).pow(2)
     }
-}
-
-fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Linear<B> {
-    // HF's _init_weights: trunc_normal(std = initializer_range 0.02), zero bias.
-    LinearConfig::new(d_in, d_out)
-        .with_bias(bias)
-        .with_initializer(Initializer::Normal {
-            mean: 0.0,
-            std: 0.02,
-        })
-        .init(device)
 }
 
 /// `TimesformerSelfAttention`: the fused qkv projection.

@@ -153,9 +153,15 @@ pub fn sincos_position_table(grid: usize, dim: usize) -> Vec<f32> {
     out
 }
 
-fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Linear<B> {
-    // enhancing's init_weights: trunc_normal(std 0.02) weights, zero biases (its truncation at
-    // +-2 is 100 standard deviations out).
+/// A Linear layer as enhancing (`init_weights`) and Hugging Face (`_init_weights`) initialize
+/// transformers: normal(std 0.02) weights (their truncation at +-2 is 100 standard deviations
+/// out), zero biases.
+pub(crate) fn linear<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    device: &B::Device,
+) -> Linear<B> {
     LinearConfig::new(d_in, d_out)
         .with_bias(bias)
         .with_initializer(Initializer::Normal {

@@ -6,7 +6,7 @@
 
 use burn::{
     module::Module,
-    nn::{Linear, LinearConfig},
+    nn::Linear,
     tensor::{Int, Tensor, backend::Backend},
 };
 use quantizers::{AnyQuantizer, Mode, QuantizerConfig};
@@ -52,14 +52,7 @@ impl VitVqModelConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<VitVqModel<B>, ModelError> {
         self.validate()?;
         let v = &self.vit;
-        let linear = |i: usize, o: usize| {
-            LinearConfig::new(i, o)
-                .with_initializer(burn::module::Initializer::Normal {
-                    mean: 0.0,
-                    std: 0.02,
-                })
-                .init(device)
-        };
+        let linear = |i: usize, o: usize| crate::vit::linear(i, o, true, device);
         Ok(VitVqModel {
             encoder: VitEncoder::new(v, device)?,
             pre_quant: linear(v.encoder.dim, v.embed_dim),

@@ -608,6 +608,23 @@ impl TrainConfig {
                 format!("must be > 0 and finite, got {lr}"),
             );
         }
+        let perceptual = match &self.objective {
+            ObjectiveConfig::Vqgan(v) => Some((v.perceptual_weight, &v.lpips)),
+            ObjectiveConfig::VitVqgan(v) => Some((v.perceptual_weight, &v.lpips)),
+            ObjectiveConfig::Vqvae { .. } => None,
+        };
+        if let Some((weight, lpips)) = perceptual
+            && weight > 0.0
+            && (lpips.vgg16.is_none() || lpips.heads.is_none())
+        {
+            return e(
+                "objective.lpips",
+                format!(
+                    "perceptual_weight is {weight} but no LPIPS weight files are set. {}",
+                    models::LPIPS_HOWTO
+                ),
+            );
+        }
         if let ObjectiveConfig::VitVqgan(v) = &self.objective {
             if let Err(models::ModelError::InvalidConfig { key, reason }) =
                 v.discriminator.validate()
@@ -620,16 +637,6 @@ impl TrainConfig {
                     format!(
                         "is {} but the images are {} pixels square (data.resolution)",
                         v.discriminator.size, self.data.resolution
-                    ),
-                );
-            }
-            if v.perceptual_weight > 0.0 && (v.lpips.vgg16.is_none() || v.lpips.heads.is_none()) {
-                return e(
-                    "objective.lpips",
-                    format!(
-                        "perceptual_weight is {} but no LPIPS weight files are set. {}",
-                        v.perceptual_weight,
-                        models::LPIPS_HOWTO
                     ),
                 );
             }
@@ -676,23 +683,13 @@ impl TrainConfig {
             }
         }
         self.check_batch_memory(channels)?;
-        if let ObjectiveConfig::Vqgan(v) = &self.objective {
-            if v.perceptual_weight > 0.0 && (v.lpips.vgg16.is_none() || v.lpips.heads.is_none()) {
-                return e(
-                    "objective.lpips",
-                    format!(
-                        "perceptual_weight is {} but no LPIPS weight files are set. {}",
-                        v.perceptual_weight,
-                        models::LPIPS_HOWTO
-                    ),
-                );
-            }
-            if !matches!(self.model, AutoencoderKind::VqModel(_)) {
-                return e(
-                    "objective.kind",
-                    "vqgan needs model.kind = \"vq_model\"".into(),
-                );
-            }
+        if matches!(self.objective, ObjectiveConfig::Vqgan(_))
+            && !matches!(self.model, AutoencoderKind::VqModel(_))
+        {
+            return e(
+                "objective.kind",
+                "vqgan needs model.kind = \"vq_model\"".into(),
+            );
         }
         Ok(())
     }

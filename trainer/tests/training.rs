@@ -618,70 +618,8 @@ fn vit_vqgan_objective_trains_with_r1_and_resumes_exactly() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("rgb");
-    std::fs::create_dir_all(&data).unwrap();
-    for i in 0..20u32 {
-        image::RgbImage::from_fn(20, 20, |x, y| {
-            image::Rgb([
-                (x * 11 + i * 3) as u8,
-                (y * 13 + i) as u8,
-                ((x + y) * 5 + i * 7) as u8,
-            ])
-        })
-        .save(data.join(format!("{i:02}.png")))
-        .unwrap();
-    }
-    let text = |name: &str, steps: usize| {
-        format!(
-            r#"
-[run]
-name = "{name}"
-output_dir = "{out}"
-seed = 3
-steps = {steps}
-batch_size = 4
-log_every = 1
-val_batches = 1
-checkpoint_every = 3
-
-[data]
-source = {{ kind = "image_folder", train = "{data}", val_fraction = 0.2 }}
-resolution = 16
-random_crop = true
-
-[model]
-kind = "vit_vq"
-
-[model.vit]
-image_size = 16
-patch_size = 4
-encoder = {{ dim = 32, depth = 1, heads = 2, mlp_dim = 64, dim_head = 16 }}
-decoder = {{ dim = 32, depth = 1, heads = 2, mlp_dim = 64, dim_head = 16 }}
-embed_dim = 8
-
-[model.quantizer]
-kind = "vq"
-dim = 8
-codebook_size = 32
-distance = "cosine"
-estimator = "rotation"
-codebook = {{ kind = "learnable", beta = 0.25, legacy = false }}
-
-[objective]
-kind = "vit_vqgan"
-perceptual_weight = 0.0
-adversarial_weight = 0.1
-disc_start = 1
-discriminator = {{ size = 16, channels = {{ "16" = 8, "8" = 16, "4" = 16 }}, do_r1_every = 2 }}
-
-[optim]
-lr = 1e-3
-betas = [0.9, 0.99]
-weight_decay = 1e-4
-"#,
-            out = tmp.path().display(),
-            data = data.display(),
-        )
-    };
+    rgb_folder(&data);
+    let text = |name: &str, steps: usize| vit_vqgan_config(tmp.path(), &data, name, steps, 32, 64);
     let cfg = TrainConfig::from_toml(&text("full", 6)).unwrap_or_else(|e| panic!("{e}"));
     let mut full = Trainer::<B>::new(cfg, Default::default(), Resume::Never).unwrap();
     full.train_until(6).unwrap();
@@ -734,4 +672,124 @@ weight_decay = 1e-4
         weights(&resumed) == weights(&full),
         "resumed ViT-VQGAN run differs from the uninterrupted one"
     );
+}
+
+/// The small ViT-VQGAN (StyleGAN2 discriminator, R1 every second step) of the tests below.
+fn vit_vqgan_config(
+    out: &Path,
+    data: &Path,
+    name: &str,
+    steps: usize,
+    dim: usize,
+    mlp: usize,
+) -> String {
+    format!(
+        r#"
+[run]
+name = "{name}"
+output_dir = "{out}"
+seed = 3
+steps = {steps}
+batch_size = 4
+log_every = 1
+val_batches = 1
+checkpoint_every = 3
+
+[data]
+source = {{ kind = "image_folder", train = "{data}", val_fraction = 0.2 }}
+resolution = 16
+random_crop = true
+
+[model]
+kind = "vit_vq"
+
+[model.vit]
+image_size = 16
+patch_size = 4
+encoder = {{ dim = {dim}, depth = 1, heads = 2, mlp_dim = {mlp}, dim_head = 16 }}
+decoder = {{ dim = {dim}, depth = 1, heads = 2, mlp_dim = {mlp}, dim_head = 16 }}
+embed_dim = 8
+
+[model.quantizer]
+kind = "vq"
+dim = 8
+codebook_size = 32
+distance = "cosine"
+estimator = "rotation"
+codebook = {{ kind = "learnable", beta = 0.25, legacy = false }}
+
+[objective]
+kind = "vit_vqgan"
+perceptual_weight = 0.0
+adversarial_weight = 0.1
+disc_start = 1
+discriminator = {{ size = 16, channels = {{ "16" = 8, "8" = 16, "4" = 16 }}, do_r1_every = 2 }}
+
+[optim]
+lr = 1e-3
+betas = [0.9, 0.99]
+weight_decay = 1e-4
+"#,
+        out = out.display(),
+        data = data.display(),
+    )
+}
+
+/// 20 RGB images of 20x20.
+fn rgb_folder(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..20u32 {
+        image::RgbImage::from_fn(20, 20, |x, y| {
+            image::Rgb([
+                (x * 11 + i * 3) as u8,
+                (y * 13 + i) as u8,
+                ((x + y) * 5 + i * 7) as u8,
+            ])
+        })
+        .save(dir.join(format!("{i:02}.png")))
+        .unwrap();
+    }
+}
+
+/// The transformer step (attention, LayerNorm, token GEMMs large enough for burn's GEMM to run
+/// on several threads), the StyleGAN2 discriminator and R1: the same bits with 1, 2 and 4
+/// threads on a loaded machine.
+#[test]
+fn vit_vqgan_gives_the_same_bits_on_any_thread_count_under_load() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rgb");
+    rgb_folder(&data);
+    let _load = Load::start(2);
+    let mut runs = Vec::new();
+    for threads in [1, 2, 4] {
+        let name = format!("threads-{threads}");
+        // 4 images x 16 tokens x 256 wide into 1024: 16.8 M multiply-adds per product, above
+        // burn's 7 M threshold for a multi-threaded GEMM.
+        let text = vit_vqgan_config(tmp.path(), &data, &name, 4, 256, 1024);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let w = pool.install(|| {
+            let cfg = TrainConfig::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
+            let mut t = Trainer::<B>::new(cfg, Default::default(), Resume::Never).unwrap();
+            t.train_until(4).unwrap();
+            weights(&t)
+        });
+        runs.push((threads, w, losses(&tmp.path().join(&name))));
+    }
+    let (_, w1, l1) = &runs[0];
+    for (threads, w, l) in &runs[1..] {
+        let differ = w1
+            .iter()
+            .zip(w)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differ, 0,
+            "{differ} weights differ between 1 and {threads} threads"
+        );
+        assert_eq!(l1, l, "per-step losses, 1 vs {threads} threads");
+    }
 }

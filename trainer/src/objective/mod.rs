@@ -19,13 +19,15 @@ pub(crate) mod vqvae;
 use std::path::Path;
 
 use burn::{
-    module::{Module, ModuleVisitor, Param},
+    module::{AutodiffModule, Module, ModuleVisitor, Param},
     nn::conv::Conv2d,
+    optim::Optimizer,
+    record::Recorder,
     tensor::{Tensor, backend::AutodiffBackend},
 };
 use models::VqOutput;
 
-use crate::{Communicator, ObjectiveConfig, OptimConfig, TrainError};
+use crate::{Communicator, ObjectiveConfig, OptimConfig, TrainError, train::recorder};
 
 /// A tensor of the backend without autodiff.
 pub(crate) type Inner<B, const D: usize> = Tensor<<B as AutodiffBackend>::InnerBackend, D>;
@@ -143,6 +145,36 @@ pub(crate) fn ckpt_err(dir: &Path, what: &str, e: impl std::fmt::Display) -> Tra
         path: dir.to_path_buf(),
         reason: format!("{what}: {e}"),
     }
+}
+
+/// Writes a discriminator (`disc.mpk`) and its optimizer state (`disc_optim.mpk`) into `dir`.
+pub(crate) fn save_discriminator<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+    dir: &Path,
+    disc: &M,
+    optim: &O,
+) -> Result<(), TrainError> {
+    disc.clone()
+        .save_file(dir.join("disc"), &recorder())
+        .map_err(|e| ckpt_err(dir, "discriminator", e))?;
+    recorder()
+        .record(optim.to_record(), dir.join("disc_optim"))
+        .map_err(|e| ckpt_err(dir, "discriminator optimizer", e))
+}
+
+/// Reads what [`save_discriminator`] wrote: the weights into `disc`, the state into `fresh`.
+pub(crate) fn load_discriminator<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+    dir: &Path,
+    disc: M,
+    fresh: O,
+    device: &B::Device,
+) -> Result<(M, O), TrainError> {
+    let disc = disc
+        .load_file(dir.join("disc"), &recorder(), device)
+        .map_err(|e| ckpt_err(dir, "discriminator", e))?;
+    let record = recorder()
+        .load(dir.join("disc_optim"), device)
+        .map_err(|e| ckpt_err(dir, "discriminator optimizer", e))?;
+    Ok((disc, fresh.load_record(record)))
 }
 
 /// Forces burn's lazily initialized parameters to draw their values.

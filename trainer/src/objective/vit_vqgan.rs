@@ -10,22 +10,21 @@
 use std::path::Path;
 
 use burn::{
-    module::Module,
     nn::conv::Conv2d,
     optim::{
         AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer,
         adaptor::OptimizerAdaptor,
     },
-    record::Recorder,
     tensor::{Tensor, activation, backend::AutodiffBackend},
 };
 use models::{Lpips, StyleGan2Discriminator, VqOutput};
 
-use super::{GeneratorLoss, Inner, Objective, ckpt_err, vqgan::RealFake};
+use super::{
+    GeneratorLoss, Inner, Objective, load_discriminator, save_discriminator, vqgan::RealFake,
+};
 use crate::{
     Communicator, DiscLoss, OptimConfig, TrainError, VitVqganObjective,
     comm::sync::{all_reduce_grads, broadcast_module},
-    train::recorder,
 };
 
 type DiscOptim<B> = OptimizerAdaptor<AdamW, StyleGan2Discriminator<B>, B>;
@@ -242,26 +241,14 @@ impl<B: AutodiffBackend> Objective<B> for VitGan<B> {
     }
 
     fn save(&self, dir: &Path) -> Result<(), TrainError> {
-        self.disc()
-            .clone()
-            .save_file(dir.join("disc"), &recorder())
-            .map_err(|e| ckpt_err(dir, "discriminator", e))?;
-        recorder()
-            .record(self.optim.to_record(), dir.join("disc_optim"))
-            .map_err(|e| ckpt_err(dir, "discriminator optimizer", e))
+        save_discriminator(dir, self.disc(), &self.optim)
     }
 
     fn load(&mut self, dir: &Path, device: &B::Device) -> Result<(), TrainError> {
         let disc = self.disc.take().expect("disc");
-        self.disc = Some(
-            disc.load_file(dir.join("disc"), &recorder(), device)
-                .map_err(|e| ckpt_err(dir, "discriminator", e))?,
-        );
-        let record = recorder()
-            .load(dir.join("disc_optim"), device)
-            .map_err(|e| ckpt_err(dir, "discriminator optimizer", e))?;
-        self.optim =
-            Optimizer::<StyleGan2Discriminator<B>, B>::load_record(self.optim_cfg.init(), record);
+        let (disc, optim) = load_discriminator(dir, disc, self.optim_cfg.init(), device)?;
+        self.disc = Some(disc);
+        self.optim = optim;
         Ok(())
     }
 }

@@ -17,19 +17,17 @@
 use std::path::Path;
 
 use burn::{
-    module::{Module, Param},
+    module::Param,
     nn::conv::Conv2d,
     optim::{Adam, AdamConfig, GradientsParams, Optimizer, adaptor::OptimizerAdaptor},
-    record::Recorder,
     tensor::{Tensor, activation, backend::AutodiffBackend},
 };
 use models::{Lpips, NLayerDiscriminator, VqOutput};
 
-use super::{GeneratorLoss, Inner, Objective, ckpt_err};
+use super::{GeneratorLoss, Inner, Objective, load_discriminator, save_discriminator};
 use crate::{
     Communicator, DiscLoss, TrainError, VqganObjective,
     comm::sync::{all_reduce_grads, broadcast_module},
-    train::recorder,
 };
 
 /// A micro-batch's real images and (detached) reconstructions.
@@ -317,29 +315,22 @@ impl<B: AutodiffBackend> Objective<B> for Gan<B> {
     }
 
     fn save(&self, dir: &Path) -> Result<(), TrainError> {
-        self.disc()
-            .clone()
-            .save_file(dir.join("disc"), &recorder())
-            .map_err(|e| ckpt_err(dir, "discriminator", e))?;
-        recorder()
-            .record(self.optim.to_record(), dir.join("disc_optim"))
-            .map_err(|e| ckpt_err(dir, "discriminator optimizer", e))
+        save_discriminator(dir, self.disc(), &self.optim)
     }
 
     fn load(&mut self, dir: &Path, device: &B::Device) -> Result<(), TrainError> {
         let disc = self.disc.take().expect("disc");
-        self.disc = Some(
-            disc.load_file(dir.join("disc"), &recorder(), device)
-                .map_err(|e| ckpt_err(dir, "discriminator", e))?,
-        );
-        let record = recorder()
-            .load(dir.join("disc_optim"), device)
-            .map_err(|e| ckpt_err(dir, "discriminator optimizer", e))?;
-        let fresh = AdamConfig::new()
-            .with_beta_1(self.betas[0])
-            .with_beta_2(self.betas[1])
-            .init();
-        self.optim = Optimizer::<NLayerDiscriminator<B>, B>::load_record(fresh, record);
+        let (disc, optim) = load_discriminator(
+            dir,
+            disc,
+            AdamConfig::new()
+                .with_beta_1(self.betas[0])
+                .with_beta_2(self.betas[1])
+                .init(),
+            device,
+        )?;
+        self.disc = Some(disc);
+        self.optim = optim;
         Ok(())
     }
 }
