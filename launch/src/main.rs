@@ -96,6 +96,29 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Decode a folder of videos (avi, mp4, mkv, webm, ...) with ffmpeg into frame shards that
+    /// training reads without a codec (`data.source.kind = "video_folder"`). Parallel and
+    /// resumable: rerun it after an interruption and finished videos are kept.
+    PrepareVideo {
+        /// Folder of videos (searched recursively), e.g. UCF-101's extracted `UCF-101/`.
+        #[arg(long)]
+        src: PathBuf,
+        /// Output folder (with split lists: `OUT/train/` and `OUT/test/`).
+        #[arg(long)]
+        out: PathBuf,
+        /// Shorter side of the stored frames in pixels (training then resizes and crops).
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// Folder of UCF-101's official split lists (`trainlist01.txt`, `testlist01.txt`, ...).
+        #[arg(long, value_name = "DIR")]
+        split_lists: Option<PathBuf>,
+        /// Which official split (1, 2 or 3).
+        #[arg(long, default_value_t = 1)]
+        split: usize,
+        /// ffmpeg processes at once (default: the number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -278,6 +301,49 @@ fn run() -> Result<()> {
         (Some(Command::CheckQuantizer { config }), _) => {
             init_logs(None, false)?;
             check_quantizer::check_quantizer(&config)
+        }
+        (
+            Some(Command::PrepareVideo {
+                src,
+                out,
+                size,
+                split_lists,
+                split,
+                jobs,
+            }),
+            _,
+        ) => {
+            init_logs(None, false)?;
+            if !(1..=3).contains(&split) {
+                anyhow::bail!("--split {split}: UCF-101 has official splits 1, 2 and 3");
+            }
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, |n| n.get())
+            });
+            let report = trainer::data::prepare_videos(&trainer::data::PrepareOptions {
+                src: src.clone(),
+                out: out.clone(),
+                size,
+                split_lists,
+                split,
+                jobs,
+            })
+            .with_context(|| format!("preparing the videos of {}", src.display()))?;
+            println!(
+                "prepared {}: {} videos decoded, {} already there, {} unreadable (skipped), {} in no \
+                 split list; {} frames; manifest: {}",
+                out.display(),
+                report.decoded,
+                report.kept,
+                report.failed.len(),
+                report.unlisted,
+                report.frames,
+                out.join("manifest.json").display()
+            );
+            for (path, why) in &report.failed {
+                println!("  unreadable: {}: {why}", path.display());
+            }
+            Ok(())
         }
         (Some(Command::CheckConfig { config, overrides }), _) => {
             let cfg = TrainConfig::load(&config, &overrides)?;

@@ -1,5 +1,7 @@
 //! `Autoencoder`: any of rotor's VQ autoencoders behind one module type, chosen by a serde config
-//! (`kind = "vq_model" | "peer" | "vit_vq"`), so the trainer drives them without knowing which is inside.
+//! (`kind = "vq_model" | "peer" | "vit_vq" | "timesformer_vq" | "conv3d_vq"`), so the trainer
+//! drives them without knowing which is inside. Video models take and return clips as frames
+//! `[B*T, C, H, W]`, clip-major.
 
 use burn::{
     module::Module,
@@ -10,7 +12,8 @@ use quantizers::{AnyQuantizer, Mode};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ModelError, PeerAutoencoder, PeerAutoencoderConfig, VitVqModel, VitVqModelConfig, VqModel,
+    Conv3dVqModel, Conv3dVqModelConfig, ModelError, PeerAutoencoder, TimesformerVqModel,
+    TimesformerVqModelConfig, PeerAutoencoderConfig, VitVqModel, VitVqModelConfig, VqModel,
     VqModelConfig, VqOutput,
 };
 
@@ -24,6 +27,10 @@ pub enum AutoencoderKind {
     Peer(PeerAutoencoderConfig),
     /// enhancing-transformers' ViTVQ (Table 4 ViT-VQGAN).
     VitVq(VitVqModelConfig),
+    /// The paper's TimeSformer-VQGAN video tokenizer (Table 5).
+    TimesformerVq(TimesformerVqModelConfig),
+    /// A TATS-style 3-D convolutional VQGAN video tokenizer.
+    Conv3dVq(Conv3dVqModelConfig),
 }
 
 impl AutoencoderKind {
@@ -33,6 +40,8 @@ impl AutoencoderKind {
             Self::VqModel(c) => Autoencoder::VqModel(c.init(device)?),
             Self::Peer(c) => Autoencoder::Peer(c.init(device)?),
             Self::VitVq(c) => Autoencoder::VitVq(c.init(device)?),
+            Self::TimesformerVq(c) => Autoencoder::TimesformerVq(c.init(device)?),
+            Self::Conv3dVq(c) => Autoencoder::Conv3dVq(c.init(device)?),
         })
     }
 
@@ -42,6 +51,8 @@ impl AutoencoderKind {
             Self::VqModel(c) => c.validate(),
             Self::Peer(c) => c.validate(),
             Self::VitVq(c) => c.validate(),
+            Self::TimesformerVq(c) => c.validate(),
+            Self::Conv3dVq(c) => c.validate(),
         }
     }
 
@@ -51,6 +62,8 @@ impl AutoencoderKind {
             Self::VqModel(c) => c.autoencoder.in_channels,
             Self::Peer(c) => c.in_channels,
             Self::VitVq(c) => c.vit.channels,
+            Self::TimesformerVq(c) => c.timesformer.num_channels,
+            Self::Conv3dVq(c) => c.in_channels,
         }
     }
 
@@ -60,6 +73,17 @@ impl AutoencoderKind {
             Self::VqModel(c) => c.autoencoder.downsample_factor(),
             Self::Peer(_) => 4,
             Self::VitVq(c) => c.vit.patch_size,
+            Self::TimesformerVq(c) => c.timesformer.patch_size,
+            Self::Conv3dVq(c) => c.downsample[1],
+        }
+    }
+
+    /// Frames per sample: 1 for image models, the clip length for video models.
+    pub fn frames(&self) -> usize {
+        match self {
+            Self::TimesformerVq(c) => c.timesformer.num_frames,
+            Self::Conv3dVq(c) => c.frames,
+            _ => 1,
         }
     }
 
@@ -68,6 +92,7 @@ impl AutoencoderKind {
     pub fn fixed_resolution(&self) -> Option<usize> {
         match self {
             Self::VitVq(c) => Some(c.vit.image_size),
+            Self::TimesformerVq(c) => Some(c.timesformer.image_size),
             _ => None,
         }
     }
@@ -83,6 +108,10 @@ pub enum Autoencoder<B: Backend> {
     Peer(PeerAutoencoder<B>),
     /// ViT-VQGAN.
     VitVq(VitVqModel<B>),
+    /// TimeSformer-VQGAN.
+    TimesformerVq(TimesformerVqModel<B>),
+    /// 3-D conv VQGAN.
+    Conv3dVq(Conv3dVqModel<B>),
 }
 
 impl<B: Backend> Autoencoder<B> {
@@ -92,6 +121,8 @@ impl<B: Backend> Autoencoder<B> {
             Self::VqModel(m) => m.forward(x, mode),
             Self::Peer(m) => m.forward(x, mode),
             Self::VitVq(m) => m.forward(x, mode),
+            Self::TimesformerVq(m) => m.forward(x, mode),
+            Self::Conv3dVq(m) => m.forward(x, mode),
         }
     }
 
@@ -101,6 +132,8 @@ impl<B: Backend> Autoencoder<B> {
             Self::VqModel(m) => m.decode_indices(indices),
             Self::Peer(m) => m.decode_indices(indices),
             Self::VitVq(m) => m.decode_indices(indices),
+            Self::TimesformerVq(m) => m.decode_indices(indices),
+            Self::Conv3dVq(m) => m.decode_indices(indices),
         }
     }
 
@@ -110,6 +143,8 @@ impl<B: Backend> Autoencoder<B> {
             Self::VqModel(m) => &m.quantize,
             Self::Peer(m) => &m.quantize,
             Self::VitVq(m) => &m.quantizer,
+            Self::TimesformerVq(m) => &m.quantizer,
+            Self::Conv3dVq(m) => &m.quantizer,
         }
     }
 
@@ -119,17 +154,21 @@ impl<B: Backend> Autoencoder<B> {
             Self::VqModel(m) => &mut m.quantize,
             Self::Peer(m) => &mut m.quantize,
             Self::VitVq(m) => &mut m.quantizer,
+            Self::TimesformerVq(m) => &mut m.quantizer,
+            Self::Conv3dVq(m) => &mut m.quantizer,
         }
     }
 
     /// The decoder's last convolution (the adaptive GAN weight's anchor): `decoder.conv_out`;
     /// `None` for the ViT, whose last layer is a transposed convolution (enhancing's ViT-VQGAN
-    /// loss has no adaptive weight).
+    /// loss has no adaptive weight), and for the video models (neither has one in its
+    /// reference: TATS weighs its GAN terms with fixed weights).
     pub fn last_layer(&self) -> Option<&Conv2d<B>> {
         match self {
             Self::VqModel(m) => Some(&m.decoder.conv_out),
             Self::Peer(m) => Some(&m.dec2),
             Self::VitVq(_) => None,
+            Self::TimesformerVq(_) | Self::Conv3dVq(_) => None,
         }
     }
 
@@ -139,6 +178,8 @@ impl<B: Backend> Autoencoder<B> {
             Self::VqModel(m) => crate::cpu::conv2d(&m.quant_conv, m.encoder.forward(x)),
             Self::Peer(m) => m.encode(x, Mode::Eval).latents,
             Self::VitVq(m) => m.latents(x),
+            Self::TimesformerVq(m) => m.latents(x),
+            Self::Conv3dVq(m) => m.latents(x),
         }
     }
 }

@@ -36,4 +36,15 @@ impl ModelError {
             reason: reason.into(),
         }
     }
+
+    /// The same error with its config key under `prefix` (`prefix.key`).
+    pub(crate) fn under(self, prefix: &str) -> Self {
+        match self {
+            Self::InvalidConfig { key, reason } => Self::InvalidConfig {
+                key: format!("{prefix}.{key}"),
+                reason,
+            },
+            other => other,
+        }
+    }
 }

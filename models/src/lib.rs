@@ -9,6 +9,9 @@
 //! * [`Lpips`]: the VGG16 perceptual distance, weights only from user-supplied files;
 //! * [`VitEncoder`] / [`VitDecoder`]: ViT-VQGAN's transformer autoencoder (enhancing-transformers'
 //!   `ViTVQ`), and [`Timesformer`]: Hugging Face's divided space-time video transformer;
+//! * video tokenizers: [`TimesformerVqModel`] (the paper's Table 5 TimeSformer-VQGAN) and
+//!   [`Conv3dVqModel`] (a TATS-style 3-D convolutional VQGAN); clips travel as frames
+//!   `[B*T, C, H, W]`, clip-major;
 //! * weight import/export under PyTorch names ([`StateDict`], [`weights`]): `.safetensors`,
 //!   `.pth`, `.ckpt`, with errors listing missing and unexpected keys.
 //!
@@ -18,6 +21,7 @@ mod attention;
 mod autoencoder;
 mod autoencoder_config;
 pub mod blocks;
+mod conv3d_vq_model;
 pub mod cpu;
 mod decoder;
 mod discriminator;
@@ -29,6 +33,7 @@ mod peer_autoencoder;
 mod state_dict;
 mod stylegan2;
 mod timesformer;
+mod timesformer_vq_model;
 mod vit;
 mod vit_vq_model;
 mod vq_model;
@@ -36,6 +41,7 @@ pub mod weights;
 
 pub use autoencoder::{Autoencoder, AutoencoderKind};
 pub use autoencoder_config::AutoencoderConfig;
+pub use conv3d_vq_model::{Conv3dVqModel, Conv3dVqModelConfig, DownLevel3d, ResBlock3d, UpLevel3d};
 pub use decoder::{Decoder, UpLevel};
 pub use discriminator::{
     DiscBlock, DiscNorm, DiscNormKind, DiscriminatorConfig, NLayerDiscriminator,
@@ -51,6 +57,7 @@ pub use stylegan2::{
     StyleResBlock,
 };
 pub use timesformer::{Timesformer, TimesformerConfig, TimesformerNaming, TsLayer};
+pub use timesformer_vq_model::{TimesformerDecoder, TimesformerVqModel, TimesformerVqModelConfig};
 pub use vit::{
     PatchEmbed, ToPixels, VitConfig, VitDecoder, VitEncoder, VitNaming, VitStackConfig,
     VitTransformer, sincos_position_table,

@@ -210,7 +210,7 @@ pub struct TsLayer<B: Backend> {
 }
 
 impl<B: Backend> TsLayer<B> {
-    fn new(c: &TimesformerConfig, device: &B::Device) -> Self {
+    pub(crate) fn new(c: &TimesformerConfig, device: &B::Device) -> Self {
         let d = c.hidden_size;
         let ln = || {
             LayerNormConfig::new(d)

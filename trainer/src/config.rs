@@ -100,6 +100,23 @@ pub struct DataConfig {
     /// Batches decoded ahead of the training loop.
     #[serde(default = "default_prefetch")]
     pub prefetch: usize,
+    /// Video sources: frames per clip (T). Images: 1. A batch of `B` clips reaches the model as
+    /// `[B*T, C, H, W]` frames, clip-major (Hugging Face's `[B, T, C, H, W]` flattened).
+    #[serde(default = "one_frame")]
+    pub frames: usize,
+    /// Video sources: distance between a clip's consecutive frames in the source video.
+    #[serde(default = "one_frame")]
+    pub frame_stride: usize,
+    /// Video sources: distance between the starts of consecutive clip windows in a video
+    /// (default: one clip's span, `(frames - 1) * frame_stride + 1`). Training draws each
+    /// window's start at random among its first `clip_step` positions; validation takes the
+    /// window's first frame.
+    #[serde(default)]
+    pub clip_step: Option<usize>,
+}
+
+fn one_frame() -> usize {
+    1
 }
 
 fn default_workers() -> usize {
@@ -135,6 +152,34 @@ pub enum DataSource {
         #[serde(default = "three")]
         channels: usize,
     },
+    /// BAIR robot pushing, its original TFRecords (`softmotion30_44k/train` and `/test` of
+    /// bair_robot_pushing_dataset_v0): one clip window per `clip_step` of each 30-frame
+    /// trajectory; RGB.
+    Bair {
+        /// `softmotion30_44k/train`.
+        train: PathBuf,
+        /// `softmotion30_44k/test`.
+        val: PathBuf,
+    },
+    /// A folder (searched recursively) of frame shards written by `launch prepare-video` (UCF-101
+    /// or any videos); RGB.
+    VideoFolder {
+        /// Training shards (e.g. `prepare-video` output's `train/`).
+        train: PathBuf,
+        /// Validation shards (e.g. `test/`); none: hold out every k-th clip of `train`.
+        #[serde(default)]
+        val: Option<PathBuf>,
+        /// Held-out fraction of clips when `val` is absent.
+        #[serde(default = "default_val_fraction")]
+        val_fraction: f64,
+    },
+}
+
+impl DataSource {
+    /// True for the video sources.
+    pub fn is_video(&self) -> bool {
+        matches!(self, Self::Bair { .. } | Self::VideoFolder { .. })
+    }
 }
 
 fn default_val_fraction() -> f64 {
@@ -408,12 +453,15 @@ impl TrainConfig {
             DataSource::FashionMnist { train, val } => {
                 vec![("data.source.train", train), ("data.source.val", val)]
             }
-            DataSource::ImageFolder { train, val, .. } => {
+            DataSource::ImageFolder { train, val, .. } | DataSource::VideoFolder { train, val, .. } => {
                 let mut p = vec![("data.source.train", train.as_path())];
                 if let Some(v) = val {
                     p.push(("data.source.val", v.as_path()));
                 }
                 p
+            }
+            DataSource::Bair { train, val } => {
+                vec![("data.source.train", train), ("data.source.val", val)]
             }
         };
         if let ObjectiveConfig::Vqgan(v) = &self.objective
@@ -562,7 +610,44 @@ impl TrainConfig {
                 }
                 *channels
             }
+            DataSource::Bair { .. } => 3,
+            DataSource::VideoFolder { val_fraction, .. } => {
+                if !(0.0..1.0).contains(val_fraction) {
+                    return e("data.source.val_fraction", "must be in [0, 1)".into());
+                }
+                3
+            }
         };
+        if self.data.frames == 0 || self.data.frame_stride == 0 || self.data.clip_step == Some(0) {
+            return e(
+                "data.frames",
+                "data.frames, data.frame_stride and data.clip_step must be >= 1".into(),
+            );
+        }
+        if !self.data.source.is_video() && self.data.frames != 1 {
+            return e(
+                "data.frames",
+                format!(
+                    "is {} but data.source is an image source (clips come from kind = \"bair\" or \"video_folder\")",
+                    self.data.frames
+                ),
+            );
+        }
+        if self.model.frames() != self.data.frames {
+            return e(
+                "data.frames",
+                format!(
+                    "is {} but the model takes {} frames per sample ({})",
+                    self.data.frames,
+                    self.model.frames(),
+                    if self.model.frames() == 1 {
+                        "an image model: use model.kind = \"timesformer_vq\" or \"conv3d_vq\" for video"
+                    } else {
+                        "model.frames"
+                    }
+                ),
+            );
+        }
         if channels != self.model.channels() {
             return e(
                 "model",
@@ -640,10 +725,13 @@ impl TrainConfig {
                     ),
                 );
             }
-            if !matches!(self.model, AutoencoderKind::VitVq(_)) {
+            if !matches!(
+                self.model,
+                AutoencoderKind::VitVq(_) | AutoencoderKind::TimesformerVq(_)
+            ) {
                 return e(
                     "objective.kind",
-                    "vit_vqgan needs model.kind = \"vit_vq\"".into(),
+                    "vit_vqgan needs model.kind = \"vit_vq\" or \"timesformer_vq\"".into(),
                 );
             }
         }
@@ -684,11 +772,14 @@ impl TrainConfig {
         }
         self.check_batch_memory(channels)?;
         if matches!(self.objective, ObjectiveConfig::Vqgan(_))
-            && !matches!(self.model, AutoencoderKind::VqModel(_))
+            && !matches!(
+                self.model,
+                AutoencoderKind::VqModel(_) | AutoencoderKind::Conv3dVq(_)
+            )
         {
             return e(
                 "objective.kind",
-                "vqgan needs model.kind = \"vq_model\"".into(),
+                "vqgan needs model.kind = \"vq_model\" or \"conv3d_vq\"".into(),
             );
         }
         Ok(())
@@ -700,7 +791,12 @@ impl TrainConfig {
     /// machine (a lower bound: the model's own activations come on top).
     pub fn loader_bytes(&self, channels: usize) -> u128 {
         let side = self.data.resolution.max(self.data.resize.unwrap_or(0)) as u128;
-        let batch = self.run.batch_size as u128 * channels as u128 * side * side * 4;
+        let batch = self.run.batch_size as u128
+            * self.data.frames as u128
+            * channels as u128
+            * side
+            * side
+            * 4;
         (self.data.prefetch as u128 + 2) * batch
     }
 
@@ -715,11 +811,12 @@ impl TrainConfig {
             return Err((
                 "run.batch_size".into(),
                 format!(
-                    "{} images of {channels}x{}x{} need {:.1} GiB for the data loader's {} \
+                    "{} samples of {}x{channels}x{}x{} need {:.1} GiB for the data loader's {} \
                      batches alone (data.prefetch + 2), more than half of this machine's {:.1} GiB: \
                      lower run.batch_size (the global batch; use optim.accumulate for a large \
                      effective batch) or data.prefetch",
                     self.run.batch_size,
+                    self.data.frames,
                     self.data.resolution,
                     self.data.resolution,
                     gib(need),

@@ -112,3 +112,55 @@ pub fn save_grid(
     img.save(path)
         .map_err(|e| TrainError::io(path, std::io::Error::other(e.to_string())))
 }
+
+/// Saves video samples as an animated GIF (10 frames per second, looping): one row per clip,
+/// input on the left, reconstruction on the right. `top` and `bottom` are `[clips*frames, c, h,
+/// w]` values in `[-1, 1]`, clip-major.
+pub fn save_clips_gif(
+    path: &Path,
+    top: &[f32],
+    bottom: &[f32],
+    shape: [usize; 4],
+    frames: usize,
+) -> Result<(), TrainError> {
+    use image::{Delay, Frame, RgbaImage, codecs::gif::GifEncoder, codecs::gif::Repeat};
+    let [n, c, h, w] = shape;
+    let clips = n / frames;
+    let (gw, gh) = ((2 * (w + 2)) as u32, (clips * (h + 2)) as u32);
+    let err = |e: image::ImageError| TrainError::io(path, std::io::Error::other(e.to_string()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    }
+    let file = std::fs::File::create(path).map_err(|e| TrainError::io(path, e))?;
+    let mut enc = GifEncoder::new_with_speed(std::io::BufWriter::new(file), 10);
+    enc.set_repeat(Repeat::Infinite).map_err(err)?;
+    for t in 0..frames {
+        let mut img = RgbaImage::from_pixel(gw, gh, image::Rgba([255, 255, 255, 255]));
+        for k in 0..clips {
+            let i = k * frames + t;
+            for (col, data) in [top, bottom].iter().enumerate() {
+                for y in 0..h {
+                    for x in 0..w {
+                        let px = |ch: usize| {
+                            let v = data[((i * c + ch) * h + y) * w + x];
+                            ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
+                        };
+                        let (r, g, b) = if c == 1 {
+                            (px(0), px(0), px(0))
+                        } else {
+                            (px(0), px(1), px(2))
+                        };
+                        img.put_pixel(
+                            (col * (w + 2) + 1 + x) as u32,
+                            (k * (h + 2) + 1 + y) as u32,
+                            image::Rgba([r, g, b, 255]),
+                        );
+                    }
+                }
+            }
+        }
+        enc.encode_frame(Frame::from_parts(img, 0, 0, Delay::from_numer_denom_ms(100, 1)))
+            .map_err(err)?;
+    }
+    Ok(())
+}

@@ -36,7 +36,7 @@ use crate::{
     checkpoint::{RngState, TrainState},
     data::{Dataset, Loader, LoaderOptions, Transform, load_batch, open_datasets},
     grad_norm::clip_global_norm,
-    metrics::{MetricsWriter, psnr, save_grid},
+    metrics::{MetricsWriter, psnr, save_clips_gif, save_grid},
     objective::{self, Inner, Objective},
     schedule::learning_rate,
     step_stats::{PendingStats, StepStats},
@@ -63,8 +63,9 @@ type Optim<B> = OptimizerAdaptor<AdamW, Autoencoder<B>, B>;
 /// Serializes seeding + drawing the initial weights from the backend's global RNG.
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Inputs, reconstructions and their shape `[n, c, h, w]`, for a PNG grid.
-pub type SampleGrid = (Vec<f32>, Vec<f32>, [usize; 4]);
+/// Inputs, reconstructions, their shape `[n, c, h, w]` (frames) and the frames per sample, for a
+/// PNG grid (and an animated GIF of video clips).
+pub type SampleGrid = (Vec<f32>, Vec<f32>, [usize; 4], usize);
 
 /// Validation results.
 #[derive(Debug, Clone, Default)]
@@ -81,7 +82,7 @@ pub struct ValStats {
     pub perplexity: f64,
     /// Mean `||e - q||^2`.
     pub quant_error: f64,
-    /// Images evaluated.
+    /// Samples evaluated (images, or clips).
     pub images: usize,
 }
 
@@ -200,7 +201,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             .with_weight_decay(o.weight_decay)
             .init::<B, Autoencoder<B>>();
         let mut objective = objective::build::<B>(&cfg.objective, &cfg.optim, &device)?;
-        objective.check_micro_batch(cfg.run.batch_size / world / cfg.optim.accumulate)?;
+        objective.check_micro_batch(
+            cfg.run.batch_size / world / cfg.optim.accumulate * cfg.data.frames,
+        )?;
         // burn initializes parameters lazily, on first use: draw them now, under the lock.
         objective::materialize(&model);
         objective.materialize();
@@ -771,13 +774,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             if sample.is_none() {
                 let s = batch.shape;
-                let take = s[0].min(8);
+                // 8 images, or 4 clips.
+                let take = if batch.frames == 1 {
+                    s[0].min(8)
+                } else {
+                    s[0].min(4 * batch.frames)
+                };
                 let per = s[1] * s[2] * s[3];
                 let rec = read_f32(out.reconstruction, HostRead::Eval);
                 sample = Some((
                     batch.images[..take * per].to_vec(),
                     rec[..take * per].to_vec(),
                     [take, s[1], s[2], s[3]],
+                    batch.frames,
                 ));
             }
             v.images += idx.len();
@@ -827,12 +836,20 @@ impl<B: AutodiffBackend> Trainer<B> {
                     "images": v.images,
                 }))?;
             }
-            if let Some((orig, rec, shape)) = sample {
-                let path = self
-                    .run_dir
-                    .join("samples")
-                    .join(format!("step-{:08}.png", self.step));
-                save_grid(&path, &orig, &rec, shape)?;
+            if let Some((orig, rec, shape, frames)) = sample {
+                let dir = self.run_dir.join("samples");
+                let path = dir.join(format!("step-{:08}.png", self.step));
+                if frames == 1 {
+                    save_grid(&path, &orig, &rec, shape)?;
+                } else {
+                    // The first clip's frames as a strip (inputs above reconstructions), and
+                    // every sampled clip animated.
+                    let [_, c, h, w] = shape;
+                    let per = frames * c * h * w;
+                    save_grid(&path, &orig[..per], &rec[..per], [frames, c, h, w])?;
+                    let gif = dir.join(format!("step-{:08}.gif", self.step));
+                    save_clips_gif(&gif, &orig, &rec, shape, frames)?;
+                }
             }
         }
         Ok(v)

@@ -1,5 +1,7 @@
-//! Datasets: Fashion-MNIST (or MNIST) IDX files held in memory, and folders of image files decoded
-//! on demand. A sample that cannot be read is an `Err` naming the file; the loader skips it.
+//! Datasets: Fashion-MNIST (or MNIST) IDX files held in memory, folders of image files decoded
+//! on demand, and video clips (BAIR TFRecords, folders of frame shards). A sample is one image or
+//! one clip of `frames()` frames. A sample that cannot be read is an `Err` naming the file; the
+//! loader skips it.
 
 use std::{
     io::Read,
@@ -8,10 +10,12 @@ use std::{
 };
 
 use image::{DynamicImage, GrayImage};
+use rand::RngCore;
 
+use super::{BairRecords, VideoFolder, clip::ClipSpec};
 use crate::{DataConfig, TrainError, config::DataSource};
 
-/// A random-access collection of images.
+/// A random-access collection of images or clips.
 pub trait Dataset: Send + Sync {
     /// Number of samples.
     fn len(&self) -> usize;
@@ -19,8 +23,13 @@ pub trait Dataset: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Decodes sample `index`; the error names the file and the problem.
-    fn image(&self, index: usize) -> Result<DynamicImage, String>;
+    /// Frames per sample (1: images).
+    fn frames(&self) -> usize {
+        1
+    }
+    /// Decodes sample `index`: its `frames()` frames (a clip's window drawn from `rng` where the
+    /// dataset samples windows at random); the error names the file and the problem.
+    fn sample(&self, index: usize, rng: &mut dyn RngCore) -> Result<Vec<DynamicImage>, String>;
     /// A short description (for logs).
     fn describe(&self) -> String;
 }
@@ -81,12 +90,12 @@ impl Dataset for FashionMnist {
         self.count
     }
 
-    fn image(&self, index: usize) -> Result<DynamicImage, String> {
+    fn sample(&self, index: usize, _: &mut dyn RngCore) -> Result<Vec<DynamicImage>, String> {
         let n = self.rows * self.cols;
         let px = self.images[index * n..(index + 1) * n].to_vec();
         let img =
             GrayImage::from_raw(self.cols as u32, self.rows as u32, px).ok_or("bad image size")?;
-        Ok(DynamicImage::ImageLuma8(img))
+        Ok(vec![DynamicImage::ImageLuma8(img)])
     }
 
     fn describe(&self) -> String {
@@ -180,9 +189,11 @@ impl Dataset for ImageFolder {
         self.files.len()
     }
 
-    fn image(&self, index: usize) -> Result<DynamicImage, String> {
+    fn sample(&self, index: usize, _: &mut dyn RngCore) -> Result<Vec<DynamicImage>, String> {
         let path = &self.files[index];
-        image::open(path).map_err(|e| format!("{}: {e}", path.display()))
+        Ok(vec![
+            image::open(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        ])
     }
 
     fn describe(&self) -> String {
@@ -220,5 +231,42 @@ pub fn open_datasets(cfg: &DataConfig) -> Result<DatasetPair, TrainError> {
                 }
             }
         }
+        DataSource::Bair { train, val } => {
+            let spec = clip_spec(cfg);
+            (
+                Arc::new(BairRecords::open(train, spec, true)?),
+                Arc::new(BairRecords::open(val, spec, false)?),
+                3,
+            )
+        }
+        DataSource::VideoFolder {
+            train,
+            val,
+            val_fraction,
+        } => {
+            let spec = clip_spec(cfg);
+            match val {
+                Some(v) => (
+                    Arc::new(VideoFolder::open(train, spec, true)?),
+                    Arc::new(VideoFolder::open(v, spec, false)?),
+                    3,
+                ),
+                None => {
+                    let (t, v) = VideoFolder::open(train, spec, true)?.split(*val_fraction)?;
+                    (Arc::new(t), Arc::new(v), 3)
+                }
+            }
+        }
     })
+}
+
+/// The clip geometry of a video config.
+fn clip_spec(cfg: &DataConfig) -> ClipSpec {
+    let mut spec = ClipSpec {
+        frames: cfg.frames,
+        stride: cfg.frame_stride,
+        step: 1,
+    };
+    spec.step = cfg.clip_step.unwrap_or(spec.span());
+    spec
 }

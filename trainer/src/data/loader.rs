@@ -18,13 +18,16 @@ use rand::SeedableRng;
 
 use crate::data::{Dataset, Order, Transform};
 
-/// A batch of samples, channels first, values in `[-1, 1]`.
+/// A batch of samples, channels first, values in `[-1, 1]`; a batch of `B` clips of `T` frames
+/// is `B*T` frames, clip-major.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    /// `[B * C * H * W]` values.
+    /// `[B*T * C * H * W]` values.
     pub images: Vec<f32>,
-    /// `[B, C, H, W]`.
+    /// `[B*T, C, H, W]`.
     pub shape: [usize; 4],
+    /// Frames per sample (T; 1 for images).
+    pub frames: usize,
     /// Global cursor of the batch's first sample.
     pub cursor: u64,
     /// Seconds the decoding of this batch took (all workers).
@@ -65,7 +68,7 @@ impl BadSamples {
     fn record(&self, index: usize, err: &str) {
         if self.seen.lock().unwrap().insert(index) {
             let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!("skipping unreadable image ({n} so far): {err}");
+            tracing::warn!("skipping unreadable sample ({n} so far): {err}");
         }
     }
 }
@@ -91,12 +94,20 @@ fn decode(
         if bad.is_bad(i) {
             continue;
         }
-        match dataset.image(i) {
-            Ok(img) => return Ok(transform.apply(img, &mut sample_rng(seed, cursor))),
+        let mut rng = sample_rng(seed, cursor);
+        match dataset.sample(i, &mut rng) {
+            Ok(frames) => {
+                // Every frame of a clip gets the same crop and flip.
+                let mut out = Vec::new();
+                for frame in frames {
+                    out.extend(transform.apply(frame, &mut rng.clone()));
+                }
+                return Ok(out);
+            }
             Err(e) => bad.record(i, &e),
         }
     }
-    Err(format!("no readable image in {}", dataset.describe()))
+    Err(format!("no readable sample in {}", dataset.describe()))
 }
 
 /// Decodes the samples at `indices` (with their cursors) on `workers` threads.
@@ -108,7 +119,7 @@ fn decode_all(
     workers: usize,
     seed: u64,
 ) -> Result<Vec<f32>, String> {
-    let per = transform.channels * transform.resolution * transform.resolution;
+    let per = dataset.frames() * transform.channels * transform.resolution * transform.resolution;
     let mut out = vec![0.0f32; items.len() * per];
     let chunk = items.len().div_ceil(workers.max(1)).max(1);
     let results: Vec<Result<(), String>> = std::thread::scope(|s| {
@@ -149,11 +160,12 @@ pub fn load_batch(
     Ok(Batch {
         images,
         shape: [
-            indices.len(),
+            indices.len() * dataset.frames(),
             transform.channels,
             transform.resolution,
             transform.resolution,
         ],
+        frames: dataset.frames(),
         cursor: 0,
         decode_secs: start.elapsed().as_secs_f64(),
     })
@@ -238,11 +250,12 @@ fn produce(
         .map(|images| Batch {
             images,
             shape: [
-                opts.batch,
+                opts.batch * dataset.frames(),
                 transform.channels,
                 transform.resolution,
                 transform.resolution,
             ],
+            frames: dataset.frames(),
             cursor,
             decode_secs: start.elapsed().as_secs_f64(),
         });

@@ -60,7 +60,8 @@ pub(crate) trait Objective<B: AutodiffBackend> {
         &[]
     }
 
-    /// Fails when the discriminator cannot take micro-batches of `micro` images.
+    /// Fails when the discriminator cannot take micro-batches of `micro` images (frames, for
+    /// video: the objectives see clips as their frames).
     fn check_micro_batch(&self, _micro: usize) -> Result<(), TrainError> {
         Ok(())
     }

@@ -119,8 +119,8 @@ impl<B: AutodiffBackend> Objective<B> for VitGan<B> {
             .map_err(|e| TrainError::Config {
                 file: "run.batch_size".into(),
                 message: format!(
-                    "key `run.batch_size`: {e} (the per-process micro-batch is run.batch_size / \
-                     processes / optim.accumulate = {micro})"
+                    "key `run.batch_size`: {e} (the discriminator's micro-batch is run.batch_size / \
+                     processes / optim.accumulate x data.frames = {micro} images)"
                 ),
             })
     }

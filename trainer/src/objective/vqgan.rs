@@ -99,7 +99,7 @@ impl<B: AutodiffBackend> Gan<B> {
         x: &Tensor<B, 4>,
         xhat: &Tensor<B, 4>,
         features: &Tensor<B, 4>,
-        last: &Conv2d<B>,
+        last: Option<&Conv2d<B>>,
         step: usize,
         scale: f32,
     ) -> (Tensor<B, 1>, Inner<B, 1>, Inner<B, 1>) {
@@ -136,9 +136,15 @@ impl<B: AutodiffBackend> Gan<B> {
             g_value = g.clone().inner();
             let grads = g.backward();
             let grad_g = leaf.grad(&grads).expect("g reaches x^");
-            let n_nll = last_layer_grad_norm(last, features, grad_nll.clone());
-            let n_g = last_layer_grad_norm(last, features, grad_g.clone());
-            d_weight = (n_nll / (n_g + 1e-4)).clamp(0.0, 1e4) * self.cfg.disc_weight;
+            d_weight = match last {
+                Some(last) => {
+                    let n_nll = last_layer_grad_norm(last, features, grad_nll.clone());
+                    let n_g = last_layer_grad_norm(last, features, grad_g.clone());
+                    (n_nll / (n_g + 1e-4)).clamp(0.0, 1e4) * self.cfg.disc_weight
+                }
+                // No 2-D last convolution (the 3-D conv VQGAN): a fixed weight, as TATS.
+                None => Inner::<B, 1>::ones([1], &device) * self.cfg.disc_weight,
+            };
             total = total + grad_g * (d_weight.clone() * f).reshape([1, 1, 1, 1]);
             value = value + d_weight.clone() * f * g_value.clone();
         }
@@ -277,12 +283,11 @@ impl<B: AutodiffBackend> Objective<B> for Gan<B> {
         step: usize,
         micro_batches: usize,
     ) -> GeneratorLoss<B> {
-        let last = last_layer.expect("the vqgan objective needs a decoder with a last convolution (config validation checks it)");
         let (backprop, value, logs) = self.generator_terms(
             x,
             &out.reconstruction,
             &out.decoder_features,
-            last,
+            last_layer,
             step,
             1.0 / micro_batches as f32,
         );
@@ -418,7 +423,7 @@ mod tests {
             &x,
             &out.reconstruction,
             &out.decoder_features,
-            &model.decoder.conv_out,
+            Some(&model.decoder.conv_out),
             0,
             1.0,
         );
