@@ -317,9 +317,8 @@ fn run() -> Result<()> {
             if !(1..=3).contains(&split) {
                 anyhow::bail!("--split {split}: UCF-101 has official splits 1, 2 and 3");
             }
-            let jobs = jobs.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(2, |n| n.get())
-            });
+            let jobs =
+                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
             let report = trainer::data::prepare_videos(&trainer::data::PrepareOptions {
                 src: src.clone(),
                 out: out.clone(),

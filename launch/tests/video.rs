@@ -134,21 +134,28 @@ fn prepared_videos_and_bair_records_train_through_launch() {
 
     let bair = tmp.path().join("bair");
     std::fs::create_dir_all(&bair).unwrap();
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/tests/data/bair/softmotion30_44k");
+    let d =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../trainer/tests/data/bair/softmotion30_44k");
     let source = format!(
         r#"{{ kind = "bair", train = "{}", val = "{}" }}"#,
         d.join("train").display(),
         d.join("test").display()
     );
     let text = run_ok(&[config(&bair, &source, true, 4).to_str().unwrap()]);
-    assert!(text.contains("done: 4 steps") && text.contains("BAIR"), "{text}");
+    assert!(
+        text.contains("done: 4 steps") && text.contains("BAIR"),
+        "{text}"
+    );
     // Continuing a finished run to more steps resumes from its checkpoint.
     let text = run_ok(&[
         "--set",
         "run.steps=6",
         config(&bair, &source, true, 4).to_str().unwrap(),
     ]);
-    assert!(text.contains("resumed from") || text.contains("step 4"), "{text}");
+    assert!(
+        text.contains("resumed from") || text.contains("step 4"),
+        "{text}"
+    );
     assert_eq!(metrics(&bair).len(), 6);
 }
 

@@ -12,8 +12,8 @@ use quantizers::{AnyQuantizer, Mode};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Conv3dVqModel, Conv3dVqModelConfig, ModelError, PeerAutoencoder, TimesformerVqModel,
-    TimesformerVqModelConfig, PeerAutoencoderConfig, VitVqModel, VitVqModelConfig, VqModel,
+    Conv3dVqModel, Conv3dVqModelConfig, ModelError, PeerAutoencoder, PeerAutoencoderConfig,
+    TimesformerVqModel, TimesformerVqModelConfig, VitVqModel, VitVqModelConfig, VqModel,
     VqModelConfig, VqOutput,
 };
 

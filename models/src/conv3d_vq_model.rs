@@ -118,7 +118,10 @@ impl Conv3dVqModelConfig {
             if !c.is_multiple_of(self.norm_groups) {
                 return Err(ModelError::config(
                     "norm_groups",
-                    format!("{} does not divide level {i}'s {c} channels", self.norm_groups),
+                    format!(
+                        "{} does not divide level {i}'s {c} channels",
+                        self.norm_groups
+                    ),
                 ));
             }
         }

@@ -58,7 +58,10 @@ impl TimesformerVqModelConfig {
     }
 
     /// Builds the model (Hugging Face's initialization for both TimeSformers).
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<TimesformerVqModel<B>, ModelError> {
+    pub fn init<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<TimesformerVqModel<B>, ModelError> {
         self.validate()?;
         let c = &self.timesformer;
         let d = c.hidden_size;
@@ -184,7 +187,10 @@ impl<B: Backend> TimesformerVqModel<B> {
             x = layer.forward(x, n, t);
         }
         let x = dec.layernorm.forward(x).narrow(1, 1, n * t);
-        let features = x.reshape([b, n, t, d]).swap_dims(1, 2).reshape([b * t, n, d]);
+        let features = x
+            .reshape([b, n, t, d])
+            .swap_dims(1, 2)
+            .reshape([b * t, n, d]);
         let frames = dec.to_pixel.forward(features.clone(), g, g);
         let maps = features.swap_dims(1, 2).reshape([b * t, d, g, g]);
         (frames, maps)

@@ -273,7 +273,10 @@ impl<B: Backend> VitTransformer<B> {
 
 /// xavier_uniform over the weight viewed as `[shape[0], rest]`, as enhancing initializes its
 /// (transposed) convolutions.
-pub(crate) fn conv_weight<B: Backend>(shape: [usize; 4], device: &B::Device) -> Param<Tensor<B, 4>> {
+pub(crate) fn conv_weight<B: Backend>(
+    shape: [usize; 4],
+    device: &B::Device,
+) -> Param<Tensor<B, 4>> {
     let rest = shape[1] * shape[2] * shape[3];
     let bound = (6.0 / (shape[0] + rest) as f64).sqrt();
     Initializer::Uniform {

@@ -453,7 +453,8 @@ impl TrainConfig {
             DataSource::FashionMnist { train, val } => {
                 vec![("data.source.train", train), ("data.source.val", val)]
             }
-            DataSource::ImageFolder { train, val, .. } | DataSource::VideoFolder { train, val, .. } => {
+            DataSource::ImageFolder { train, val, .. }
+            | DataSource::VideoFolder { train, val, .. } => {
                 let mut p = vec![("data.source.train", train.as_path())];
                 if let Some(v) = val {
                     p.push(("data.source.val", v.as_path()));

@@ -159,8 +159,13 @@ pub fn save_clips_gif(
                 }
             }
         }
-        enc.encode_frame(Frame::from_parts(img, 0, 0, Delay::from_numer_denom_ms(100, 1)))
-            .map_err(err)?;
+        enc.encode_frame(Frame::from_parts(
+            img,
+            0,
+            0,
+            Delay::from_numer_denom_ms(100, 1),
+        ))
+        .map_err(err)?;
     }
     Ok(())
 }

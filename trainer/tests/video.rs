@@ -58,10 +58,7 @@ fn spec(frames: usize, stride: usize, step: usize) -> ClipSpec {
 }
 
 fn frame_bytes(frames: &[image::DynamicImage]) -> Vec<u8> {
-    frames
-        .iter()
-        .flat_map(|f| f.to_rgb8().into_raw())
-        .collect()
+    frames.iter().flat_map(|f| f.to_rgb8().into_raw()).collect()
 }
 
 #[test]
@@ -85,7 +82,11 @@ fn bair_records_read_as_an_independent_writer_wrote_them() {
             assert_eq!(frames.len(), 30);
             assert_eq!((frames[0].width(), frames[0].height()), (16, 16));
             let got = format!("{:x}", sha2::Sha256::digest(frame_bytes(&frames)));
-            assert_eq!(got, w["frames_sha256"].as_str().unwrap(), "{split} trajectory {i}");
+            assert_eq!(
+                got,
+                w["frames_sha256"].as_str().unwrap(),
+                "{split} trajectory {i}"
+            );
         }
     }
     // The float features parse too (packed float_list, as protobuf writes it).
@@ -95,7 +96,10 @@ fn bair_records_read_as_an_independent_writer_wrote_them() {
     let f = std::fs::File::open(&file).unwrap();
     let example = parse_example(&read_record(&f, &file, spans[0]).unwrap()).unwrap();
     let Some(Feature::Float(action)) = example.get("0/action") else {
-        panic!("no 0/action: {:?}", example.keys().take(5).collect::<Vec<_>>())
+        panic!(
+            "no 0/action: {:?}",
+            example.keys().take(5).collect::<Vec<_>>()
+        )
     };
     let want: Vec<f32> = expected["trajectories"]["train"][0]["action0"]
         .as_array()
@@ -123,7 +127,10 @@ fn bair_records_read_as_an_independent_writer_wrote_them() {
             .expect("a clip is 16 consecutive frames of its trajectory");
         starts.insert(start);
     }
-    assert!(starts.len() > 8 && starts.iter().all(|s| *s <= 14), "{starts:?}");
+    assert!(
+        starts.len() > 8 && starts.iter().all(|s| *s <= 14),
+        "{starts:?}"
+    );
 }
 
 fn all_frames(i: usize) -> Vec<image::DynamicImage> {
@@ -155,19 +162,31 @@ fn corrupt_bair_records_are_reported_counted_and_skipped() {
     // The second file cut in the middle of its last record: framing stops there.
     let second = dir.join("traj_4_to_6.tfrecords");
     let len = std::fs::metadata(&second).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(&second).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&second)
+        .unwrap();
     f.set_len(len - 500).unwrap();
     let (spans2, problem) = index_records(&second).unwrap();
     assert_eq!(spans2.len(), 2);
     let problem = problem.expect("the truncation is reported");
-    assert!(problem.contains("traj_4_to_6") && problem.contains("truncated"), "{problem}");
+    assert!(
+        problem.contains("traj_4_to_6") && problem.contains("truncated"),
+        "{problem}"
+    );
 
     let ds = BairRecords::open(&dir, spec(8, 1, 30), true).unwrap();
     assert_eq!(ds.len(), 6, "{}", ds.describe());
-    assert!(ds.describe().contains("1 files cut short"), "{}", ds.describe());
+    assert!(
+        ds.describe().contains("1 files cut short"),
+        "{}",
+        ds.describe()
+    );
     let err = ds.sample(1, &mut rng()).unwrap_err();
     assert!(
-        err.contains("traj_0_to_3.tfrecords") && err.contains(&format!("byte {}", spans[1].offset)) && err.contains("CRC"),
+        err.contains("traj_0_to_3.tfrecords")
+            && err.contains(&format!("byte {}", spans[1].offset))
+            && err.contains("CRC"),
         "{err}"
     );
     // The loader skips it (counted), and every batch is whole.
@@ -236,7 +255,11 @@ fn prepare_video_decodes_real_videos_resumably_and_skips_unreadable_ones() {
         std::fs::create_dir_all(src.join(class)).unwrap();
         std::os::unix::fs::symlink(videos.join(from), src.join(class).join(name)).unwrap();
     }
-    std::fs::write(src.join("Biking/v_Biking_g03_c01.avi"), b"not a video at all").unwrap();
+    std::fs::write(
+        src.join("Biking/v_Biking_g03_c01.avi"),
+        b"not a video at all",
+    )
+    .unwrap();
     let lists = tmp.path().join("ucfTrainTestlist");
     std::fs::create_dir_all(&lists).unwrap();
     std::fs::write(
@@ -244,7 +267,11 @@ fn prepare_video_decodes_real_videos_resumably_and_skips_unreadable_ones() {
         "Street/v_Street_g01_c01.avi 1\r\nBiking/v_Biking_g01_c01.mp4 2\r\nBiking/v_Biking_g03_c01.avi 2\r\n",
     )
     .unwrap();
-    std::fs::write(lists.join("testlist01.txt"), "Biking/v_Biking_g02_c01.mp4\n").unwrap();
+    std::fs::write(
+        lists.join("testlist01.txt"),
+        "Biking/v_Biking_g02_c01.mp4\n",
+    )
+    .unwrap();
     let out = tmp.path().join("prepared");
     let opts = PrepareOptions {
         src: src.clone(),
@@ -255,7 +282,11 @@ fn prepare_video_decodes_real_videos_resumably_and_skips_unreadable_ones() {
         jobs: 2,
     };
     let report = prepare_videos(&opts).unwrap();
-    assert_eq!((report.decoded, report.kept, report.unlisted), (3, 0, 0), "{report:?}");
+    assert_eq!(
+        (report.decoded, report.kept, report.unlisted),
+        (3, 0, 0),
+        "{report:?}"
+    );
     assert_eq!(report.failed.len(), 1, "{report:?}");
     assert!(report.failed[0].0.ends_with("v_Biking_g03_c01.avi"));
     assert_eq!(report.frames, 795 + 250 + 250);
@@ -270,18 +301,24 @@ fn prepare_video_decodes_real_videos_resumably_and_skips_unreadable_ones() {
     let bikes = header(&out.join("test/Biking/v_Biking_g02_c01.frames"));
     assert_eq!((bikes.frames, bikes.width, bikes.height), (250, 57, 24));
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["videos"].as_array().unwrap().len(), 3);
     assert_eq!(manifest["failed"].as_array().unwrap().len(), 1);
 
     // Rerun (as after an interruption): finished shards are kept, not decoded again; a
     // half-written shard (left under its temporary name) is not taken for a finished one.
     std::fs::remove_file(out.join("test/Biking/v_Biking_g02_c01.frames")).unwrap();
-    std::fs::write(out.join("test/Biking/v_Biking_g02_c01.frames.partial"), b"ROTORVID").unwrap();
+    std::fs::write(
+        out.join("test/Biking/v_Biking_g02_c01.frames.partial"),
+        b"ROTORVID",
+    )
+    .unwrap();
     let report = prepare_videos(&opts).unwrap();
     assert_eq!((report.decoded, report.kept), (1, 2), "{report:?}");
-    assert_eq!(header(&out.join("test/Biking/v_Biking_g02_c01.frames")), bikes);
+    assert_eq!(
+        header(&out.join("test/Biking/v_Biking_g02_c01.frames")),
+        bikes
+    );
 
     // A video in no list is counted and left out.
     std::fs::write(lists.join("testlist01.txt"), "").unwrap();
@@ -330,14 +367,23 @@ fn video_folder_clips_are_the_shards_frames() {
     assert_eq!((t.len(), v.len()), (56, 13));
     // A folder without shards says how to make them.
     let empty = tempfile::tempdir().unwrap();
-    let err = VideoFolder::open(empty.path(), s, true).err().unwrap().to_string();
+    let err = VideoFolder::open(empty.path(), s, true)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("prepare-video"), "{err}");
 }
 
 struct Collect(Vec<f32>);
 impl<Bk: Backend> ModuleVisitor<Bk> for Collect {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
-        self.0.extend(p.val().into_data().convert::<f32>().to_vec::<f32>().unwrap());
+        self.0.extend(
+            p.val()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap(),
+        );
     }
 }
 
@@ -539,7 +585,10 @@ fn video_training_gives_the_same_bits_on_any_thread_count_under_load() {
         for threads in [1, 3] {
             let name = format!("{model}-{threads}");
             let text = video_config(tmp.path(), &prepared_source(), &name, model, 3);
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             let w = pool.install(|| {
                 let cfg = TrainConfig::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
                 let mut t = Trainer::<B>::new(cfg, Default::default(), Resume::Never).unwrap();
@@ -553,7 +602,10 @@ fn video_training_gives_the_same_bits_on_any_thread_count_under_load() {
             .zip(&runs[1])
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
-        assert_eq!(differ, 0, "{model}: {differ} weights differ between 1 and 3 threads");
+        assert_eq!(
+            differ, 0,
+            "{model}: {differ} weights differ between 1 and 3 threads"
+        );
     }
 }
 
@@ -561,17 +613,23 @@ fn video_training_gives_the_same_bits_on_any_thread_count_under_load() {
 fn video_configs_refuse_mismatched_frames_and_image_models() {
     let tmp = tempfile::tempdir().unwrap();
     let text = video_config(tmp.path(), &bair_source(), "x", "conv3d", 3);
-    let err = TrainConfig::from_toml(&text.replace("frames = 4\nframe_stride", "frames = 8\nframe_stride"))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.contains("data.frames") && err.contains("takes 4 frames"), "{err}");
-    let err = TrainConfig::from_toml(&text.replace(
-        "downsample = [2, 4, 4]",
-        "downsample = [3, 4, 4]",
-    ))
+    let err = TrainConfig::from_toml(
+        &text.replace("frames = 4\nframe_stride", "frames = 8\nframe_stride"),
+    )
     .err()
     .unwrap()
     .to_string();
-    assert!(err.contains("model.downsample") && err.contains("power of two"), "{err}");
+    assert!(
+        err.contains("data.frames") && err.contains("takes 4 frames"),
+        "{err}"
+    );
+    let err =
+        TrainConfig::from_toml(&text.replace("downsample = [2, 4, 4]", "downsample = [3, 4, 4]"))
+            .err()
+            .unwrap()
+            .to_string();
+    assert!(
+        err.contains("model.downsample") && err.contains("power of two"),
+        "{err}"
+    );
 }

@@ -125,7 +125,9 @@ impl BairRecords {
                     span.offset
                 ))
             })?;
-            let n = (0..).take_while(|i| example.contains_key(&frame_key(*i))).count();
+            let n = (0..)
+                .take_while(|i| example.contains_key(&frame_key(*i)))
+                .count();
             if n == 0 {
                 return Err(TrainError::Data(format!(
                     "{}: record at byte {} has no '0/image_aux1/encoded' feature: not BAIR's \
@@ -134,9 +136,8 @@ impl BairRecords {
                     span.offset
                 )));
             }
-            frames_of(&example, 0..1).map_err(|e| {
-                TrainError::Data(format!("{}: {e}", rf.path.display()))
-            })?;
+            frames_of(&example, 0..1)
+                .map_err(|e| TrainError::Data(format!("{}: {e}", rf.path.display())))?;
             length = Some(n);
             break;
         }

@@ -173,9 +173,14 @@ fn decode(src: &Path, dst: &Path, size: usize) -> Result<usize, String> {
         width: nw,
         fps_milli,
     };
-    write_shard(dst, header, &out.stdout[..frames * frame]).map_err(|e| format!("{}: {e}", dst.display()))?;
+    write_shard(dst, header, &out.stdout[..frames * frame])
+        .map_err(|e| format!("{}: {e}", dst.display()))?;
     Ok(frames)
 }
+
+/// One video's outcome: its frame count and whether its shard was already there, or why it
+/// could not be decoded.
+type Outcome = Result<(usize, bool), String>;
 
 fn existing_frames(dst: &Path) -> Option<usize> {
     let file = std::fs::File::open(dst).ok()?;
@@ -187,7 +192,9 @@ pub fn prepare_videos(opts: &PrepareOptions) -> Result<PrepareReport, TrainError
     tool("ffmpeg")?;
     tool("ffprobe")?;
     if opts.size == 0 {
-        return Err(TrainError::Data("prepare-video: --size must be positive".into()));
+        return Err(TrainError::Data(
+            "prepare-video: --size must be positive".into(),
+        ));
     }
     let mut videos = Vec::new();
     walk(&opts.src, &mut videos).map_err(|e| TrainError::io(&opts.src, e))?;
@@ -241,8 +248,7 @@ pub fn prepare_videos(opts: &PrepareOptions) -> Result<PrepareReport, TrainError
     std::fs::create_dir_all(&opts.out).map_err(|e| TrainError::io(&opts.out, e))?;
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<(usize, bool), String>>>> =
-        Mutex::new(vec![None; total]);
+    let results: Mutex<Vec<Option<Outcome>>> = Mutex::new(vec![None; total]);
     let started = Instant::now();
     let every = (total / 20).max(1);
     std::thread::scope(|s| {
@@ -262,7 +268,7 @@ pub fn prepare_videos(opts: &PrepareOptions) -> Result<PrepareReport, TrainError
                     }
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
                     let k = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if k % every == 0 || k == total {
+                    if k.is_multiple_of(every) || k == total {
                         let secs = started.elapsed().as_secs_f64();
                         tracing::info!(
                             "prepare-video: {k}/{total} videos ({:.0}%), eta {:.0} s",
@@ -304,7 +310,10 @@ pub fn prepare_videos(opts: &PrepareOptions) -> Result<PrepareReport, TrainError
         "unlisted": report.unlisted,
     });
     let path = opts.out.join("manifest.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap_or_default())
-        .map_err(|e| TrainError::io(&path, e))?;
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&manifest).unwrap_or_default(),
+    )
+    .map_err(|e| TrainError::io(&path, e))?;
     Ok(report)
 }

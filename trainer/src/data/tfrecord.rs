@@ -45,7 +45,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
 /// TFRecord's masked CRC.
 pub fn masked_crc(data: &[u8]) -> u32 {
     let c = crc32c(data);
-    ((c >> 15) | (c << 17)).wrapping_add(0xa282_ead8)
+    c.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 /// Where one record's data lies in its file.
@@ -370,7 +370,10 @@ mod tests {
     #[test]
     fn examples_round_trip() {
         let mut e = Example::new();
-        e.insert("0/image".into(), Feature::Bytes(vec![vec![1, 2, 3], vec![]]));
+        e.insert(
+            "0/image".into(),
+            Feature::Bytes(vec![vec![1, 2, 3], vec![]]),
+        );
         e.insert("0/action".into(), Feature::Float(vec![0.5, -1.25]));
         e.insert("n".into(), Feature::Int64(vec![3, -1, 300]));
         assert_eq!(parse_example(&encode_example(&e)).unwrap(), e);

@@ -146,9 +146,7 @@ impl Dataset for VideoFolder {
         let (s, k) = self.samples[index];
         let shard = &self.shards[s];
         let len = shard.header.frames;
-        let start = self
-            .spec
-            .start(len, k, self.random_window.then_some(rng));
+        let start = self.spec.start(len, k, self.random_window.then_some(rng));
         self.spec
             .frame_indices(start)
             .map(|i| shard.header.frame(&shard.file, &shard.path, i))
