@@ -8,9 +8,11 @@
 //!   `bench/taming_vqvae.py`.
 //! - `vit`: `bench/vit_small.toml` (the ViT-VQGAN autoencoder, 64x64, patch 8, width 256, depth 4,
 //!   batch 8); PyTorch side: `bench/enhancing_vit.py` (enhancing-transformers' own ViT modules).
+//! - `video`: `bench/video_3dconv.toml` (the 3-D conv VQGAN, clips of 8 frames 64x64, batch 4);
+//!   PyTorch side: `bench/tats_conv3d.py` (the same network in PyTorch).
 //!
 //! ```text
-//! cargo bench -p trainer --bench cpu_step [-- --workload peer|vqvae|vit|all] [--rounds 3] [--baseline]
+//! cargo bench -p trainer --bench cpu_step [-- --workload peer|vqvae|vit|video|all] [--rounds 3] [--baseline]
 //! ```
 //!
 //! Prints one JSON line per workload: the median over rounds of steps/s. `--baseline` also runs
@@ -37,7 +39,7 @@ struct Workload {
     steps: usize,
 }
 
-const WORKLOADS: [Workload; 3] = [
+const WORKLOADS: [Workload; 4] = [
     Workload {
         name: "peer_fashion_vq",
         config: "configs/peer_fashion_vq.toml",
@@ -55,6 +57,12 @@ const WORKLOADS: [Workload; 3] = [
         config: "bench/vit_small.toml",
         warmup: 3,
         steps: 20,
+    },
+    Workload {
+        name: "video_3dconv",
+        config: "bench/video_3dconv.toml",
+        warmup: 2,
+        steps: 10,
     },
 ];
 

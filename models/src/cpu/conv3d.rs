@@ -3,7 +3,9 @@
 //!
 //! * forward: `y_n = W [co, K] . cols_n [K, P] + b`;
 //! * weight gradient: `dW = sum_n dy_n [co, P] . cols_n^T [P, K]`;
-//! * input gradient: `dcols_n = W^T . dy_n`, scattered back by col2vol;
+//! * input gradient, stride 1: the forward convolution of `dy` with the kernel flipped in space
+//!   and transposed in channels (a product whose inner dimension is `c_out kd kh kw`); other
+//!   strides: `dcols_n = W^T . dy_n`, scattered back by col2vol;
 //! * bias gradient: `db = sum_{n, p} dy` (f64 sums),
 //!
 //! with `K = c_in kd kh kw`, `P = d_out h_out w_out`. A video sample is large, so each is cut
@@ -311,6 +313,14 @@ fn backward(
     g: &Geom,
     [want_x, want_w, want_b]: [bool; 3],
 ) -> [Option<FlexTensor>; 3] {
+    // Stride 1: the input gradient is itself a convolution, run by the forward kernel; no
+    // col2vol and no [K, P] product of inner dimension c_out.
+    let dx_conv = if want_x {
+        input_grad_as_conv(dy, w, g)
+    } else {
+        None
+    };
+    let want_x = want_x && dx_conv.is_none();
     let x = contiguous(x);
     let xs = values(&x);
     let dy = contiguous(dy);
@@ -345,6 +355,7 @@ fn backward(
     let len = if want_w { g.co * k } else { 0 };
     let mut dx = want_x.then(|| vec![0f32; g.n * plane]);
     let dw = if want_x || want_w {
+        // (A stride-1 input gradient came from `input_grad_as_conv`: `dx` is then `None` here.)
         let out = dx.as_deref_mut().map(|dx| (dx, plane));
         reduce::ordered_sum(g.n, len, out, |s, d, acc| task(s, d, acc))
     } else {
@@ -354,10 +365,49 @@ fn backward(
     let [kt, kh, kw] = g.kernel;
     let [t, h, w] = g.size;
     [
-        dx.map(|v| from_vec(v, &[g.n, g.ci, t, h, w])),
+        dx_conv.or_else(|| dx.map(|v| from_vec(v, &[g.n, g.ci, t, h, w]))),
         want_w.then(|| from_vec(dw, &[g.co, g.ci, kt, kh, kw])),
         db,
     ]
+}
+
+/// `dx` of a stride-1 convolution as the forward convolution of `dy` with the kernel flipped in
+/// space and transposed in channels, padded by `dilation (k - 1) - pad` per side; `None` for
+/// other strides or a padding beyond the dilated kernel span (then col2vol does it).
+fn input_grad_as_conv(dy: &FlexTensor, w: &FlexTensor, g: &Geom) -> Option<FlexTensor> {
+    if g.stride != [1; 3] {
+        return None;
+    }
+    let mut pad = [0; 3];
+    for i in 0..3 {
+        let span = g.dilation[i] * (g.kernel[i] - 1);
+        pad[i] = span.checked_sub(g.pad[i])?;
+    }
+    let wv = contiguous(w);
+    let ws = values(&wv);
+    let [kt, kh, kw] = g.kernel;
+    let per = kt * kh * kw;
+    let mut flipped = vec![0f32; g.ci * g.co * per];
+    for co in 0..g.co {
+        for ci in 0..g.ci {
+            let src = &ws[(co * g.ci + ci) * per..][..per];
+            let dst = &mut flipped[(ci * g.co + co) * per..][..per];
+            // Reversing the flattened (a, i, j) offsets flips all three axes at once.
+            for (d, v) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *v;
+            }
+        }
+    }
+    let wf = from_vec(flipped, &[g.ci, g.co, kt, kh, kw]);
+    let gt = Geom::new(
+        [g.n, g.co, g.out[0], g.out[1], g.out[2]],
+        [g.ci, g.co, kt, kh, kw],
+        [1; 3],
+        g.dilation,
+        pad,
+    )?;
+    debug_assert_eq!(gt.out, g.size);
+    Some(forward(dy, &wf, None, &gt))
 }
 
 impl conv_op::ConvGrads for Geom {
