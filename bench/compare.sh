@@ -21,7 +21,11 @@ if [ ! -f "$FASHION" ]; then
   echo "no Fashion-MNIST peer script at $FASHION (set PEER_FASHION)" >&2
   exit 1
 fi
-[ -f data/fashion-mnist/train-images-idx3-ubyte.gz ] || ./scripts/fetch-data.sh
+[ -f data/videos/vtest.avi ] || ./scripts/fetch-data.sh
+# The video workload reads the sample videos as frame shards.
+if [ ! -f data/prepared/videos/manifest.json ]; then
+  cargo run -q --release -p launch -- prepare-video --src data/videos --out data/prepared/videos --size 64
+fi
 cargo bench -q -p trainer --bench cpu_step --no-run
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
@@ -30,6 +34,7 @@ cargo bench -q -p trainer --bench cpu_step -- --rounds 3 | grep '^{' | tee -a "$
 "$PY" "$FASHION" data/fashion-mnist/train-images-idx3-ubyte.gz 300 2>/dev/null \
   | grep '"rotation"' | tee -a "$out"
 "$PY" bench/taming_vqvae.py --rounds 3 2>/dev/null | grep '^{' | tee -a "$out"
+"$PY" bench/tats_conv3d.py --rounds 3 2>/dev/null | grep '^{' | tee -a "$out"
 if [ -f "${ENHANCING_DIR:-enhancing-transformers}/enhancing/modules/stage1/layers.py" ]; then
   "$PY" bench/enhancing_vit.py --rounds 3 2>/dev/null | grep '^{' | tee -a "$out"
 else
