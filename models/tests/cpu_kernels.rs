@@ -416,7 +416,7 @@ fn conv3d_case((n, ci, co, size, k, stride, pad, dilation, bias): Case3Row) {
 
 #[test]
 fn conv3d_matches_burn() {
-    let cases: [Case3Row; 10] = [
+    let cases: [Case3Row; 13] = [
         // 3x3x3, padding 1, odd sizes
         (2, 3, 4, [5, 6, 7], [3, 3, 3], [1; 3], [1; 3], 1, true),
         // batch 1, spatial stride 2 with a 4x4 kernel, no bias
@@ -432,9 +432,14 @@ fn conv3d_matches_burn() {
         (2, 3, 2, [5, 7, 7], [1, 1, 1], [2, 3, 3], [0; 3], 1, true),
         // 432 x 32 columns per output row: 15 row blocks of one sample
         (1, 16, 8, [8, 32, 32], [3, 3, 3], [1; 3], [1; 3], 1, true),
-        // wide columns (stride 1, 24+ outputs per row): dilation 2, uneven kernel and padding
+        // dilation 2, uneven kernel and padding; a 1x3x3 kernel
         (2, 3, 5, [4, 6, 30], [3, 2, 3], [1; 3], [2, 1, 1], 2, true),
         (3, 4, 4, [3, 5, 26], [1, 3, 3], [1; 3], [0, 1, 1], 1, false),
+        // frame by frame through the 2-D (Winograd) kernel: 3x3 spatial, stride 1, 32+
+        // channels; temporal kernels 3 (padded, unpadded) and 1
+        (2, 32, 33, [4, 6, 7], [3, 3, 3], [1; 3], [1; 3], 1, true),
+        (1, 33, 32, [5, 5, 6], [3, 3, 3], [1; 3], [0, 1, 1], 1, false),
+        (2, 32, 32, [3, 4, 4], [1, 3, 3], [1; 3], [0, 0, 0], 1, true),
     ];
     for row in cases {
         conv3d_case(row);

@@ -440,7 +440,7 @@ fn weight_matrix(w: &FlexTensor, g: &Geom) -> FlexTensor {
 }
 
 /// The convolution's output `[n, co, oh, ow]`.
-fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> FlexTensor {
+pub(super) fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> FlexTensor {
     if winograd::applies(g) {
         return winograd::forward(x, w, b, g);
     }
@@ -478,7 +478,7 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> 
 }
 
 /// Gradients of the input, the weight and the bias (each only when asked for).
-fn backward(
+pub(super) fn backward(
     x: &FlexTensor,
     w: &FlexTensor,
     dy: &FlexTensor,
