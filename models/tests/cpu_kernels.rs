@@ -435,8 +435,8 @@ fn conv3d_matches_burn() {
         // dilation 2, uneven kernel and padding; a 1x3x3 kernel
         (2, 3, 5, [4, 6, 30], [3, 2, 3], [1; 3], [2, 1, 1], 2, true),
         (3, 4, 4, [3, 5, 26], [1, 3, 3], [1; 3], [0, 1, 1], 1, false),
-        // frame by frame through the 2-D (Winograd) kernel: 3x3 spatial, stride 1, 32+
-        // channels; temporal kernels 3 (padded, unpadded) and 1
+        // 32+ channels (a video VQGAN's residual blocks); temporal kernels 3 (padded,
+        // unpadded) and 1
         (2, 32, 33, [4, 6, 7], [3, 3, 3], [1; 3], [1; 3], 1, true),
         (1, 33, 32, [5, 5, 6], [3, 3, 3], [1; 3], [0, 1, 1], 1, false),
         (2, 32, 32, [3, 4, 4], [1, 3, 3], [1; 3], [0, 0, 0], 1, true),

@@ -440,7 +440,7 @@ fn weight_matrix(w: &FlexTensor, g: &Geom) -> FlexTensor {
 }
 
 /// The convolution's output `[n, co, oh, ow]`.
-pub(super) fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> FlexTensor {
+fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> FlexTensor {
     if winograd::applies(g) {
         return winograd::forward(x, w, b, g);
     }
@@ -478,7 +478,7 @@ pub(super) fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g:
 }
 
 /// Gradients of the input, the weight and the bias (each only when asked for).
-pub(super) fn backward(
+fn backward(
     x: &FlexTensor,
     w: &FlexTensor,
     dy: &FlexTensor,

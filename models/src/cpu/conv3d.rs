@@ -8,12 +8,11 @@
 //!   strides: `dcols_n = W^T . dy_n`, scattered back by col2vol;
 //! * bias gradient: `db = sum_{n, p} dy` (f64 sums),
 //!
-//! with `K = c_in kd kh kw`, `P = d_out h_out w_out`. Convolutions with 3x3 spatial kernels,
-//! stride 1 and 32+ channels on both sides (a video VQGAN's residual blocks) run instead as one
-//! 2-D convolution of all frames per temporal tap (`y_t = sum_a conv2d(x_{t+a-pad}, W_a)`, the
-//! taps added in order), through the 2-D kernel and its Winograd F(2x2, 3x3): 16 multiplies per
-//! 2x2 tile and channel pair instead of 36, for the forward, the weight gradient and (the
-//! input gradient being a forward convolution) the input gradient. A video sample is large, so each is cut
+//! with `K = c_in kd kh kw`, `P = d_out h_out w_out`. Stride-1 convolutions of wide enough
+//! frames use "wide" columns, as the 2-D kernel: a column row spans the padded width, so each
+//! kernel offset's columns of a block are one contiguous copy of a padded slab of input lines
+//! (one copy per offset instead of one per output row; the few extra outputs per row are
+//! dropped, and the weight gradient sees zeros there). A video sample is large, so each is cut
 //! into blocks of output rows (a row is one `(t, y)` of the output, `w_out` wide) whose columns
 //! fit [`BLOCK_FLOATS`]; samples run in parallel, and a block's GEMM is itself parallel when
 //! it is large (a batch of one still uses every core). burn's own backward goes through a
@@ -26,7 +25,7 @@ use burn::{
 };
 use rayon::prelude::*;
 
-use super::conv2d::{self, inside, view};
+use super::conv2d::{inside, view};
 use super::tensor::{
     Cpu, Routed, ad_primitive, cast, contiguous, dims, flex_primitive, flex_tensor, from_vec,
     recycle_tensor, route, scratch, scratch_tensor, values,
@@ -174,6 +173,25 @@ impl Geom {
         self.size.iter().product()
     }
 
+    /// Wide columns: stride 1 everywhere, paddings within the kernel spans (so the input
+    /// gradient is a forward convolution, never col2vol) and frames wide enough that the extra
+    /// columns cost little.
+    fn wide(&self) -> bool {
+        self.stride == [1; 3]
+            && (0..3).all(|i| self.pad[i] <= self.dilation[i] * (self.kernel[i] - 1))
+            && self.out[2] >= 24
+    }
+
+    /// Padded input width (the wide column rows' length).
+    fn wp(&self) -> usize {
+        self.size[2] + 2 * self.pad[2]
+    }
+
+    /// Columns per output row: `wp` when wide, else `w_out`.
+    fn row_cols(&self) -> usize {
+        if self.wide() { self.wp() } else { self.out[2] }
+    }
+
     /// Output rows (`t_out h_out`) per sample.
     fn rows(&self) -> usize {
         self.out[0] * self.out[1]
@@ -181,7 +199,7 @@ impl Geom {
 
     /// The output-row blocks `(first row, rows)` of one sample.
     fn blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let per = (BLOCK_FLOATS / (self.k() * self.out[2]).max(1)).clamp(1, self.rows().max(1));
+        let per = (BLOCK_FLOATS / (self.k() * self.row_cols()).max(1)).clamp(1, self.rows().max(1));
         (0..self.rows())
             .step_by(per)
             .map(move |r0| (r0, per.min(self.rows() - r0)))
@@ -203,9 +221,12 @@ impl Geom {
     }
 }
 
-/// The columns `[K, rows w_out]` of output rows `r0..r0 + rows` of one sample `x`
+/// The columns `[K, rows row_cols]` of output rows `r0..r0 + rows` of one sample `x`
 /// `[c_in, t, h, w]`, into `out` (every element written).
 fn vol2col(x: &[f32], g: &Geom, r0: usize, rows: usize, out: &mut [f32]) {
+    if g.wide() {
+        return vol2col_wide(x, g, r0, rows, out);
+    }
     let [_, h, w] = g.size;
     let ow = g.out[2];
     let n = rows * ow;
@@ -235,6 +256,41 @@ fn vol2col(x: &[f32], g: &Geom, r0: usize, rows: usize, out: &mut [f32]) {
             }
         }
     }
+}
+
+/// Wide columns: for each input channel and kernel offset `(a, i)`, the padded input lines of
+/// the block's rows laid end to end in a slab; offset `j`'s columns are then the slab from
+/// `j * dilation` on, one copy (a column row's last `wp - w_out` entries read into the next line:
+/// outputs that are dropped).
+fn vol2col_wide(x: &[f32], g: &Geom, r0: usize, rows: usize, out: &mut [f32]) {
+    let [_, h, w] = g.size;
+    let [kt, kh, kw] = g.kernel;
+    let (wp, pw, dw) = (g.wp(), g.pad[2], g.dilation[2]);
+    let n = rows * wp;
+    let mut slab = scratch(n + (kw - 1) * dw);
+    slab[n..].fill(0.0);
+    for ci in 0..g.ci {
+        let src = &x[ci * g.volume()..][..g.volume()];
+        for a in 0..kt {
+            for i in 0..kh {
+                for (r, line) in slab[..n].chunks_mut(wp).enumerate() {
+                    match g.source_row(r0 + r, a, i) {
+                        Some((it, iy)) => {
+                            line[..pw].fill(0.0);
+                            line[pw..pw + w].copy_from_slice(&src[(it * h + iy) * w..][..w]);
+                            line[pw + w..].fill(0.0);
+                        }
+                        None => line.fill(0.0),
+                    }
+                }
+                for j in 0..kw {
+                    let o = ((ci * kt + a) * kh + i) * kw + j;
+                    out[o * n..][..n].copy_from_slice(&slab[j * dw..][..n]);
+                }
+            }
+        }
+    }
+    super::tensor::recycle(slab);
 }
 
 /// Adds the column gradients `[K, rows w_out]` of output rows `r0..r0 + rows` into one
@@ -273,137 +329,6 @@ fn col2vol(dcols: &[f32], g: &Geom, r0: usize, rows: usize, dx: &mut [f32]) {
     }
 }
 
-/// True when the convolution runs frame by frame through the 2-D kernel (see the module doc).
-fn by_frames(g: &Geom) -> bool {
-    g.kernel[1] == 3
-        && g.kernel[2] == 3
-        && g.stride == [1; 3]
-        && g.dilation == [1; 3]
-        && g.ci >= 32
-        && g.co >= 32
-        && g.pad[0] < g.kernel[0]
-}
-
-/// The 2-D convolution of one temporal tap: `n t_out` frames of `[ci, h, w]`.
-fn frame_geom(g: &Geom) -> conv2d::Geom {
-    let [_, h, w] = g.size;
-    let (ph, pw) = (g.pad[1], g.pad[2]);
-    conv2d::Geom::new(
-        [g.n * g.out[0], g.ci, h, w],
-        [g.co, g.ci, 3, 3],
-        [1, 1],
-        [1, 1],
-        [ph, pw, ph, pw],
-    )
-    .expect("a 3x3 stride-1 convolution of frames the 3-D geometry admits")
-}
-
-/// The input frames tap `a` reads for every output frame, `[n t_out, ci, h, w]` (zeros where
-/// the tap falls into the temporal padding).
-fn tap_frames(x: &[f32], g: &Geom, a: usize) -> FlexTensor {
-    let [t, h, w] = g.size;
-    let plane = h * w;
-    let to = g.out[0];
-    let mut out = vec![0f32; g.n * to * g.ci * plane];
-    out.par_chunks_mut(g.ci * plane)
-        .enumerate()
-        .for_each(|(f, dst)| {
-            let (s, zt) = (f / to, f % to);
-            let it = (zt + a) as isize - g.pad[0] as isize;
-            if it < 0 || it as usize >= t {
-                return;
-            }
-            for (c, d) in dst.chunks_mut(plane).enumerate() {
-                d.copy_from_slice(&x[((s * g.ci + c) * t + it as usize) * plane..][..plane]);
-            }
-        });
-    from_vec(out, &[g.n * to, g.ci, h, w])
-}
-
-/// Tap `a` of the weights, `[co, ci, 3, 3]`.
-fn tap_weight(w: &[f32], g: &Geom, a: usize) -> FlexTensor {
-    let kt = g.kernel[0];
-    let mut out = vec![0f32; g.co * g.ci * 9];
-    for (pair, dst) in out.chunks_mut(9).enumerate() {
-        dst.copy_from_slice(&w[(pair * kt + a) * 9..][..9]);
-    }
-    from_vec(out, &[g.co, g.ci, 3, 3])
-}
-
-/// The forward convolution frame by frame (see [`by_frames`]).
-fn forward_by_frames(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> FlexTensor {
-    let x = contiguous(x);
-    let xs = values(&x);
-    let w = contiguous(w);
-    let ws = values(&w);
-    let g2 = frame_geom(g);
-    let to = g.out[0];
-    let plane = g.out[1] * g.out[2];
-    // [n t_out, co, plane], the taps added in order.
-    let mut acc: Option<Vec<f32>> = None;
-    for a in 0..g.kernel[0] {
-        let ya = conv2d::forward(&tap_frames(xs, g, a), &tap_weight(ws, g, a), b.filter(|_| a == 0), &g2);
-        let ya = contiguous(&ya);
-        match acc.as_mut() {
-            None => acc = Some(values(&ya).to_vec()),
-            Some(acc) => reduce::add_into(acc, values(&ya)),
-        }
-    }
-    let acc = acc.expect("at least one tap");
-    // [n, t_out, co, plane] -> [n, co, t_out, plane].
-    let mut out = vec![0f32; acc.len()];
-    out.par_chunks_mut(g.co * to * plane)
-        .zip(acc.par_chunks(to * g.co * plane))
-        .for_each(|(o, src)| {
-            for (zt, frame) in src.chunks(g.co * plane).enumerate() {
-                for (c, p) in frame.chunks(plane).enumerate() {
-                    o[(c * to + zt) * plane..][..plane].copy_from_slice(p);
-                }
-            }
-        });
-    from_vec(out, &[g.n, g.co, to, g.out[1], g.out[2]])
-}
-
-/// The weight gradient frame by frame: tap `a`'s is the 2-D weight gradient of its frames
-/// against `dy`'s frames.
-fn weight_grad_by_frames(x: &[f32], w: &FlexTensor, dy: &[f32], g: &Geom) -> Vec<f32> {
-    let to = g.out[0];
-    let plane = g.out[1] * g.out[2];
-    // dy [n, co, t_out, plane] -> frames [n t_out, co, plane].
-    let mut frames = vec![0f32; dy.len()];
-    frames
-        .par_chunks_mut(to * g.co * plane)
-        .zip(dy.par_chunks(g.co * to * plane))
-        .for_each(|(o, src)| {
-            for (c, ch) in src.chunks(to * plane).enumerate() {
-                for (zt, p) in ch.chunks(plane).enumerate() {
-                    o[(zt * g.co + c) * plane..][..plane].copy_from_slice(p);
-                }
-            }
-        });
-    let dy_frames = from_vec(frames, &[g.n * to, g.co, g.out[1], g.out[2]]);
-    let w = contiguous(w);
-    let ws = values(&w);
-    let g2 = frame_geom(g);
-    let kt = g.kernel[0];
-    let mut dw = vec![0f32; g.co * g.ci * kt * 9];
-    for a in 0..kt {
-        let [_, dwa, _] = conv2d::backward(
-            &tap_frames(x, g, a),
-            &tap_weight(ws, g, a),
-            &dy_frames,
-            &g2,
-            [false, true, false],
-        );
-        let dwa = dwa.expect("asked for the weight gradient");
-        let dwa = contiguous(&dwa);
-        for (pair, src) in values(&dwa).chunks(9).enumerate() {
-            dw[(pair * kt + a) * 9..][..9].copy_from_slice(src);
-        }
-    }
-    dw
-}
-
 /// The weights as a `[1, co, K]` matrix.
 fn weight_matrix(w: &FlexTensor, g: &Geom) -> FlexTensor {
     contiguous(w).reshape([1, g.co, g.k()].into())
@@ -411,9 +336,6 @@ fn weight_matrix(w: &FlexTensor, g: &Geom) -> FlexTensor {
 
 /// The convolution's output `[n, co, t_out, h_out, w_out]`.
 fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> FlexTensor {
-    if by_frames(g) {
-        return forward_by_frames(x, w, b, g);
-    }
     let x = contiguous(x);
     let xs = values(&x);
     let wm = weight_matrix(w, g);
@@ -425,8 +347,9 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> 
         .enumerate()
         .for_each(|(s, o)| {
             let sample = &xs[s * g.ci * g.volume()..][..g.ci * g.volume()];
+            let rc = g.row_cols();
             for (r0, rows) in g.blocks() {
-                let n = rows * ow;
+                let n = rows * rc;
                 let mut buf = scratch(k * n);
                 vol2col(sample, g, r0, rows, &mut buf[..k * n]);
                 let (full, cols) = scratch_tensor(buf, &[1, k, n]);
@@ -435,8 +358,12 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> 
                 let y = contiguous(&y);
                 for (c, yc) in values(&y).chunks(n).enumerate() {
                     let add = bias.map_or(0.0, |b| b[c]);
-                    for (o, y) in o[c * p + r0 * ow..][..n].iter_mut().zip(yc) {
-                        *o = y + add;
+                    let dst = &mut o[c * p + r0 * ow..][..rows * ow];
+                    // (Wide rows: the first w_out of every rc columns.)
+                    for (drow, yrow) in dst.chunks_mut(ow).zip(yc.chunks(rc)) {
+                        for (o, y) in drow.iter_mut().zip(yrow) {
+                            *o = y + add;
+                        }
                     }
                 }
             }
@@ -460,11 +387,6 @@ fn backward(
         None
     };
     let want_x = want_x && dx_conv.is_none();
-    let dw_frames = (want_w && by_frames(g)).then(|| {
-        let (xc, dyc) = (contiguous(x), contiguous(dy));
-        weight_grad_by_frames(values(&xc), w, values(&dyc), g)
-    });
-    let want_w = want_w && dw_frames.is_none();
     let x = contiguous(x);
     let xs = values(&x);
     let dy = contiguous(dy);
@@ -478,12 +400,27 @@ fn backward(
             let n = rows * ow;
             let dy_b = view(&dy, [1, g.co, n], g.co * p, p, s * g.co * p + r0 * ow);
             if want_w {
-                let mut buf = scratch(k * n);
-                vol2col(&xs[s * plane..][..plane], g, r0, rows, &mut buf[..k * n]);
-                let (full, cols) = scratch_tensor(buf, &[1, k, n]);
+                let rc = g.row_cols();
+                let nc = rows * rc;
+                let mut buf = scratch(k * nc);
+                vol2col(&xs[s * plane..][..plane], g, r0, rows, &mut buf[..k * nc]);
+                let (full, cols) = scratch_tensor(buf, &[1, k, nc]);
                 let cols_t = cols.transpose(1, 2);
                 drop(cols);
-                let part = Flex::float_matmul(dy_b.clone(), cols_t); // [1, co, K]
+                // dy in the columns' layout: wide rows get zeros in their dropped columns.
+                let dy_c = if rc == ow {
+                    dy_b.clone()
+                } else {
+                    let mut wide = vec![0f32; g.co * nc];
+                    for (c, dst) in wide.chunks_mut(nc).enumerate() {
+                        let src = &dys[(s * g.co + c) * p + r0 * ow..][..n];
+                        for (drow, srow) in dst.chunks_mut(rc).zip(src.chunks(ow)) {
+                            drow[..ow].copy_from_slice(srow);
+                        }
+                    }
+                    from_vec(wide, &[1, g.co, nc])
+                };
+                let part = Flex::float_matmul(dy_c, cols_t); // [1, co, K]
                 recycle_tensor(full);
                 let part = contiguous(&part);
                 reduce::add_into(dw, values(&part));
@@ -510,9 +447,7 @@ fn backward(
     let [t, h, w] = g.size;
     [
         dx_conv.or_else(|| dx.map(|v| from_vec(v, &[g.n, g.ci, t, h, w]))),
-        dw_frames
-            .or(want_w.then_some(dw))
-            .map(|dw| from_vec(dw, &[g.co, g.ci, kt, kh, kw])),
+        want_w.then(|| from_vec(dw, &[g.co, g.ci, kt, kh, kw])),
         db,
     ]
 }
