@@ -8,11 +8,7 @@
 //!   strides: `dcols_n = W^T . dy_n`, scattered back by col2vol;
 //! * bias gradient: `db = sum_{n, p} dy` (f64 sums),
 //!
-//! with `K = c_in kd kh kw`, `P = d_out h_out w_out`. Stride-1 convolutions of wide enough
-//! frames use "wide" columns, as the 2-D kernel: a column row spans the padded width, so each
-//! kernel offset's columns of a block are one contiguous copy of a padded slab of input lines
-//! (one copy per offset instead of one per output row; the few extra outputs per row are
-//! dropped, and the weight gradient sees zeros there). A video sample is large, so each is cut
+//! with `K = c_in kd kh kw`, `P = d_out h_out w_out`. A video sample is large, so each is cut
 //! into blocks of output rows (a row is one `(t, y)` of the output, `w_out` wide) whose columns
 //! fit [`BLOCK_FLOATS`]; samples run in parallel, and a block's GEMM is itself parallel when
 //! it is large (a batch of one still uses every core). burn's own backward goes through a
@@ -173,25 +169,6 @@ impl Geom {
         self.size.iter().product()
     }
 
-    /// Wide columns: stride 1 everywhere, paddings within the kernel spans (so the input
-    /// gradient is a forward convolution, never col2vol) and frames wide enough that the extra
-    /// columns cost little.
-    fn wide(&self) -> bool {
-        self.stride == [1; 3]
-            && (0..3).all(|i| self.pad[i] <= self.dilation[i] * (self.kernel[i] - 1))
-            && self.out[2] >= 24
-    }
-
-    /// Padded input width (the wide column rows' length).
-    fn wp(&self) -> usize {
-        self.size[2] + 2 * self.pad[2]
-    }
-
-    /// Columns per output row: `wp` when wide, else `w_out`.
-    fn row_cols(&self) -> usize {
-        if self.wide() { self.wp() } else { self.out[2] }
-    }
-
     /// Output rows (`t_out h_out`) per sample.
     fn rows(&self) -> usize {
         self.out[0] * self.out[1]
@@ -199,7 +176,7 @@ impl Geom {
 
     /// The output-row blocks `(first row, rows)` of one sample.
     fn blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let per = (BLOCK_FLOATS / (self.k() * self.row_cols()).max(1)).clamp(1, self.rows().max(1));
+        let per = (BLOCK_FLOATS / (self.k() * self.out[2]).max(1)).clamp(1, self.rows().max(1));
         (0..self.rows())
             .step_by(per)
             .map(move |r0| (r0, per.min(self.rows() - r0)))
@@ -221,12 +198,9 @@ impl Geom {
     }
 }
 
-/// The columns `[K, rows row_cols]` of output rows `r0..r0 + rows` of one sample `x`
+/// The columns `[K, rows w_out]` of output rows `r0..r0 + rows` of one sample `x`
 /// `[c_in, t, h, w]`, into `out` (every element written).
 fn vol2col(x: &[f32], g: &Geom, r0: usize, rows: usize, out: &mut [f32]) {
-    if g.wide() {
-        return vol2col_wide(x, g, r0, rows, out);
-    }
     let [_, h, w] = g.size;
     let ow = g.out[2];
     let n = rows * ow;
@@ -256,41 +230,6 @@ fn vol2col(x: &[f32], g: &Geom, r0: usize, rows: usize, out: &mut [f32]) {
             }
         }
     }
-}
-
-/// Wide columns: for each input channel and kernel offset `(a, i)`, the padded input lines of
-/// the block's rows laid end to end in a slab; offset `j`'s columns are then the slab from
-/// `j * dilation` on, one copy (a column row's last `wp - w_out` entries read into the next line:
-/// outputs that are dropped).
-fn vol2col_wide(x: &[f32], g: &Geom, r0: usize, rows: usize, out: &mut [f32]) {
-    let [_, h, w] = g.size;
-    let [kt, kh, kw] = g.kernel;
-    let (wp, pw, dw) = (g.wp(), g.pad[2], g.dilation[2]);
-    let n = rows * wp;
-    let mut slab = scratch(n + (kw - 1) * dw);
-    slab[n..].fill(0.0);
-    for ci in 0..g.ci {
-        let src = &x[ci * g.volume()..][..g.volume()];
-        for a in 0..kt {
-            for i in 0..kh {
-                for (r, line) in slab[..n].chunks_mut(wp).enumerate() {
-                    match g.source_row(r0 + r, a, i) {
-                        Some((it, iy)) => {
-                            line[..pw].fill(0.0);
-                            line[pw..pw + w].copy_from_slice(&src[(it * h + iy) * w..][..w]);
-                            line[pw + w..].fill(0.0);
-                        }
-                        None => line.fill(0.0),
-                    }
-                }
-                for j in 0..kw {
-                    let o = ((ci * kt + a) * kh + i) * kw + j;
-                    out[o * n..][..n].copy_from_slice(&slab[j * dw..][..n]);
-                }
-            }
-        }
-    }
-    super::tensor::recycle(slab);
 }
 
 /// Adds the column gradients `[K, rows w_out]` of output rows `r0..r0 + rows` into one
@@ -347,9 +286,8 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> 
         .enumerate()
         .for_each(|(s, o)| {
             let sample = &xs[s * g.ci * g.volume()..][..g.ci * g.volume()];
-            let rc = g.row_cols();
             for (r0, rows) in g.blocks() {
-                let n = rows * rc;
+                let n = rows * ow;
                 let mut buf = scratch(k * n);
                 vol2col(sample, g, r0, rows, &mut buf[..k * n]);
                 let (full, cols) = scratch_tensor(buf, &[1, k, n]);
@@ -358,12 +296,8 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> 
                 let y = contiguous(&y);
                 for (c, yc) in values(&y).chunks(n).enumerate() {
                     let add = bias.map_or(0.0, |b| b[c]);
-                    let dst = &mut o[c * p + r0 * ow..][..rows * ow];
-                    // (Wide rows: the first w_out of every rc columns.)
-                    for (drow, yrow) in dst.chunks_mut(ow).zip(yc.chunks(rc)) {
-                        for (o, y) in drow.iter_mut().zip(yrow) {
-                            *o = y + add;
-                        }
+                    for (o, y) in o[c * p + r0 * ow..][..n].iter_mut().zip(yc) {
+                        *o = y + add;
                     }
                 }
             }
@@ -400,27 +334,12 @@ fn backward(
             let n = rows * ow;
             let dy_b = view(&dy, [1, g.co, n], g.co * p, p, s * g.co * p + r0 * ow);
             if want_w {
-                let rc = g.row_cols();
-                let nc = rows * rc;
-                let mut buf = scratch(k * nc);
-                vol2col(&xs[s * plane..][..plane], g, r0, rows, &mut buf[..k * nc]);
-                let (full, cols) = scratch_tensor(buf, &[1, k, nc]);
+                let mut buf = scratch(k * n);
+                vol2col(&xs[s * plane..][..plane], g, r0, rows, &mut buf[..k * n]);
+                let (full, cols) = scratch_tensor(buf, &[1, k, n]);
                 let cols_t = cols.transpose(1, 2);
                 drop(cols);
-                // dy in the columns' layout: wide rows get zeros in their dropped columns.
-                let dy_c = if rc == ow {
-                    dy_b.clone()
-                } else {
-                    let mut wide = vec![0f32; g.co * nc];
-                    for (c, dst) in wide.chunks_mut(nc).enumerate() {
-                        let src = &dys[(s * g.co + c) * p + r0 * ow..][..n];
-                        for (drow, srow) in dst.chunks_mut(rc).zip(src.chunks(ow)) {
-                            drow[..ow].copy_from_slice(srow);
-                        }
-                    }
-                    from_vec(wide, &[1, g.co, nc])
-                };
-                let part = Flex::float_matmul(dy_c, cols_t); // [1, co, K]
+                let part = Flex::float_matmul(dy_b.clone(), cols_t); // [1, co, K]
                 recycle_tensor(full);
                 let part = contiguous(&part);
                 reduce::add_into(dw, values(&part));
