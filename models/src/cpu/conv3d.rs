@@ -379,9 +379,8 @@ fn input_grad_as_conv(dy: &FlexTensor, w: &FlexTensor, g: &Geom) -> Option<FlexT
         return None;
     }
     let mut pad = [0; 3];
-    for i in 0..3 {
-        let span = g.dilation[i] * (g.kernel[i] - 1);
-        pad[i] = span.checked_sub(g.pad[i])?;
+    for (i, p) in pad.iter_mut().enumerate() {
+        *p = (g.dilation[i] * (g.kernel[i] - 1)).checked_sub(g.pad[i])?;
     }
     let wv = contiguous(w);
     let ws = values(&wv);
