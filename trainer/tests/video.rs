@@ -633,3 +633,15 @@ fn video_configs_refuse_mismatched_frames_and_image_models() {
         "{err}"
     );
 }
+
+/// The speed benchmark's two sides are the same network: rotor's 3-D conv VQGAN of
+/// `bench/video_3dconv.toml` has as many parameters as `bench/tats_conv3d.py`'s PyTorch module
+/// (1,140,803 without the codebook, as that script prints).
+#[test]
+fn the_benchmarked_conv3d_vqgan_has_the_pytorch_sides_parameter_count() {
+    let text = std::fs::read_to_string(repo().join("bench/video_3dconv.toml")).unwrap();
+    let cfg: TrainConfig = toml::from_str(&text).unwrap();
+    let model = cfg.model.init::<Flex>(&Default::default()).unwrap();
+    let without_codebook = model.num_params() - model.quantizer().num_params();
+    assert_eq!(without_codebook, 1_140_803);
+}
