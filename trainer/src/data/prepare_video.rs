@@ -196,6 +196,13 @@ pub fn prepare_videos(opts: &PrepareOptions) -> Result<PrepareReport, TrainError
             "prepare-video: --size must be positive".into(),
         ));
     }
+    if !opts.src.is_dir() {
+        return Err(TrainError::Data(format!(
+            "--src {}: not a folder (give the folder that holds the videos, e.g. UCF-101's \
+             extracted UCF-101/)",
+            opts.src.display()
+        )));
+    }
     let mut videos = Vec::new();
     walk(&opts.src, &mut videos).map_err(|e| TrainError::io(&opts.src, e))?;
     videos.sort();
