@@ -16,6 +16,7 @@ use rand::RngCore;
 use super::{
     Dataset,
     clip::ClipSpec,
+    files::files_under,
     tfrecord::{Feature, RecordSpan, index_records, parse_example, read_record},
 };
 use crate::TrainError;
@@ -36,22 +37,6 @@ pub struct BairRecords {
     spec: ClipSpec,
     random_window: bool,
     broken_files: usize,
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let p = entry?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.contains(".tfrecord"))
-        {
-            out.push(p);
-        }
-    }
-    Ok(())
 }
 
 fn frame_key(i: usize) -> String {
@@ -88,9 +73,11 @@ fn frames_of(
 impl BairRecords {
     /// Indexes the TFRecords under `root` (a `softmotion30_44k/train` or `test` folder).
     pub fn open(root: &Path, spec: ClipSpec, random_window: bool) -> Result<Self, TrainError> {
-        let mut paths = Vec::new();
-        walk(root, &mut paths).map_err(|e| TrainError::io(root, e))?;
-        paths.sort();
+        let paths = files_under(root, |p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(".tfrecord"))
+        })?;
         if paths.is_empty() {
             return Err(TrainError::Data(format!(
                 "{}: no *.tfrecords files: point data.source.train/val at \

@@ -12,7 +12,11 @@ use std::{
 use image::{DynamicImage, GrayImage};
 use rand::RngCore;
 
-use super::{BairRecords, VideoFolder, clip::ClipSpec};
+use super::{
+    BairRecords, VideoFolder,
+    clip::ClipSpec,
+    files::{files_under, has_extension},
+};
 use crate::{DataConfig, TrainError, config::DataSource};
 
 /// A random-access collection of images or clips.
@@ -115,36 +119,10 @@ pub struct ImageFolder {
     files: Vec<PathBuf>,
 }
 
-fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .map(|e| {
-            matches!(
-                e.to_ascii_lowercase().as_str(),
-                "jpg" | "jpeg" | "png" | "webp"
-            )
-        })
-        .unwrap_or(false)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let p = entry?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if is_image(&p) {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
 impl ImageFolder {
     /// Lists the images under `root`.
     pub fn open(root: &Path) -> Result<Self, TrainError> {
-        let mut files = Vec::new();
-        walk(root, &mut files).map_err(|e| TrainError::io(root, e))?;
-        files.sort();
+        let files = files_under(root, |p| has_extension(p, &["jpg", "jpeg", "png", "webp"]))?;
         if files.is_empty() {
             return Err(TrainError::Data(format!(
                 "{}: no jpg/png/webp images found",

@@ -6,6 +6,7 @@
 mod bair;
 mod clip;
 mod dataset;
+mod files;
 mod loader;
 mod order;
 mod prepare_video;

@@ -21,7 +21,10 @@ use std::{
 
 use serde_json::json;
 
-use super::video_shard::{EXTENSION, ShardHeader, write_shard};
+use super::{
+    files::{files_under, has_extension},
+    video_shard::{EXTENSION, ShardHeader, write_shard},
+};
 use crate::TrainError;
 
 /// What to prepare.
@@ -59,22 +62,6 @@ pub struct PrepareReport {
 const VIDEO_EXTENSIONS: &[&str] = &[
     "avi", "mp4", "mkv", "webm", "mov", "mpg", "mpeg", "m4v", "wmv", "flv", "ogv", "3gp",
 ];
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let p = entry?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
 
 /// `relative path -> split` from UCF-101's lists (`Class/v_Class_g08_c01.avi [label]` lines).
 fn read_split_lists(dir: &Path, split: usize) -> Result<HashMap<String, &'static str>, TrainError> {
@@ -203,9 +190,7 @@ pub fn prepare_videos(opts: &PrepareOptions) -> Result<PrepareReport, TrainError
             opts.src.display()
         )));
     }
-    let mut videos = Vec::new();
-    walk(&opts.src, &mut videos).map_err(|e| TrainError::io(&opts.src, e))?;
-    videos.sort();
+    let videos = files_under(&opts.src, |p| has_extension(p, VIDEO_EXTENSIONS))?;
     if videos.is_empty() {
         return Err(TrainError::Data(format!(
             "{}: no video files ({}) found",

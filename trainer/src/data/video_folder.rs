@@ -4,6 +4,7 @@
 use std::{
     fs::File,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use image::DynamicImage;
@@ -12,6 +13,7 @@ use rand::RngCore;
 use super::{
     Dataset,
     clip::ClipSpec,
+    files::{files_under, has_extension},
     video_shard::{EXTENSION, ShardHeader},
 };
 use crate::TrainError;
@@ -25,7 +27,8 @@ struct Shard {
 /// Clips from a folder of frame shards.
 pub struct VideoFolder {
     root: PathBuf,
-    shards: Vec<Shard>,
+    /// Shared by the two halves of a [`VideoFolder::split`].
+    shards: Arc<Vec<Shard>>,
     /// `(shard, window)` of every sample.
     samples: Vec<(usize, usize)>,
     spec: ClipSpec,
@@ -33,25 +36,11 @@ pub struct VideoFolder {
     short: usize,
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let p = entry?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p.extension().is_some_and(|e| e == EXTENSION) {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
 impl VideoFolder {
     /// Lists the shards under `root` and their clips; shards shorter than one clip are counted
     /// and left out, unreadable ones are an error naming the file.
     pub fn open(root: &Path, spec: ClipSpec, random_window: bool) -> Result<Self, TrainError> {
-        let mut files = Vec::new();
-        walk(root, &mut files).map_err(|e| TrainError::io(root, e))?;
-        files.sort();
+        let files = files_under(root, |p| has_extension(p, &[EXTENSION]))?;
         if files.is_empty() {
             return Err(TrainError::Data(format!(
                 "{}: no frame shards (*.{EXTENSION}) found: decode videos into it first with \
@@ -85,7 +74,7 @@ impl VideoFolder {
         }
         Ok(Self {
             root: root.to_path_buf(),
-            shards,
+            shards: Arc::new(shards),
             samples,
             spec,
             random_window,
@@ -108,28 +97,15 @@ impl VideoFolder {
         if val.is_empty() {
             val.push(train[0]);
         }
-        let reopen = |samples, random_window| -> Result<Self, TrainError> {
-            let shards = self
-                .shards
-                .iter()
-                .map(|s| {
-                    Ok(Shard {
-                        path: s.path.clone(),
-                        file: File::open(&s.path).map_err(|e| TrainError::io(&s.path, e))?,
-                        header: s.header,
-                    })
-                })
-                .collect::<Result<Vec<_>, TrainError>>()?;
-            Ok(Self {
-                root: self.root.clone(),
-                shards,
-                samples,
-                spec: self.spec,
-                random_window,
-                short: self.short,
-            })
+        let half = |samples, random_window| Self {
+            root: self.root.clone(),
+            shards: self.shards.clone(),
+            samples,
+            spec: self.spec,
+            random_window,
+            short: self.short,
         };
-        Ok((reopen(train, self.random_window)?, reopen(val, false)?))
+        Ok((half(train, self.random_window), half(val, false)))
     }
 }
 
