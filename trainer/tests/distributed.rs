@@ -3,36 +3,17 @@
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use burn::{
-    backend::{Autodiff, Flex},
-    module::{Module, ModuleVisitor, Param},
-    tensor::{Tensor, backend::Backend},
-};
+use burn::backend::{Autodiff, Flex};
 use trainer::{
     Communicator, Resume, TrainConfig, Trainer,
     ring::{TcpRing, bind},
 };
 
+#[path = "support/weights.rs"]
+mod weights_support;
+use weights_support::weights;
+
 type B = Autodiff<Flex>;
-
-struct Collect(Vec<f32>);
-impl<Bk: Backend> ModuleVisitor<Bk> for Collect {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
-        self.0.extend(
-            p.val()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap(),
-        );
-    }
-}
-
-fn weights(t: &Trainer<B>) -> Vec<f32> {
-    let mut c = Collect(Vec::new());
-    t.model().visit(&mut c);
-    c.0
-}
 
 fn config(out: &Path, data: &Path, quantizer: &str, accumulate: usize) -> TrainConfig {
     TrainConfig::from_toml(&format!(

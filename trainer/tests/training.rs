@@ -3,11 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::{
-    backend::{Autodiff, Flex},
-    module::{Module, ModuleVisitor, Param},
-    tensor::{Tensor, backend::Backend},
-};
+use burn::backend::{Autodiff, Flex};
 use trainer::{Resume, TrainConfig, Trainer};
 
 #[path = "../../models/tests/support/busy_load.rs"]
@@ -15,8 +11,9 @@ mod busy_load;
 use busy_load::Load;
 mod support {
     pub mod lpips_files;
+    pub mod weights;
 }
-use support::lpips_files::lpips_files;
+use support::{lpips_files::lpips_files, weights::weights};
 
 type B = Autodiff<Flex>;
 
@@ -26,25 +23,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-struct Collect(Vec<f32>);
-impl<Bk: Backend> ModuleVisitor<Bk> for Collect {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
-        self.0.extend(
-            p.val()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap(),
-        );
-    }
-}
-
-fn weights(t: &Trainer<B>) -> Vec<f32> {
-    let mut c = Collect(Vec::new());
-    t.model().visit(&mut c);
-    c.0
 }
 
 fn synthetic_folder(dir: &Path, n: usize) {

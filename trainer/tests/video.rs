@@ -10,8 +10,7 @@ use std::{
 
 use burn::{
     backend::{Autodiff, Flex},
-    module::{Module, ModuleVisitor, Param},
-    tensor::{Tensor, backend::Backend},
+    module::Module,
 };
 use rand::SeedableRng;
 use sha2::Digest;
@@ -28,6 +27,10 @@ use trainer::{
 #[path = "../../models/tests/support/busy_load.rs"]
 mod busy_load;
 use busy_load::Load;
+
+#[path = "support/weights.rs"]
+mod weights_support;
+use weights_support::weights;
 
 type B = Autodiff<Flex>;
 
@@ -372,25 +375,6 @@ fn video_folder_clips_are_the_shards_frames() {
         .unwrap()
         .to_string();
     assert!(err.contains("prepare-video"), "{err}");
-}
-
-struct Collect(Vec<f32>);
-impl<Bk: Backend> ModuleVisitor<Bk> for Collect {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Bk, D>>) {
-        self.0.extend(
-            p.val()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap(),
-        );
-    }
-}
-
-fn weights(t: &Trainer<B>) -> Vec<f32> {
-    let mut c = Collect(Vec::new());
-    t.model().visit(&mut c);
-    c.0
 }
 
 fn metric_lines(run: &Path) -> Vec<serde_json::Value> {
