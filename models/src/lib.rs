@@ -7,6 +7,8 @@
 //! * [`VqModel`]: encoder -> quant_conv -> any quantizer -> post_quant_conv -> decoder;
 //! * [`NLayerDiscriminator`]: the PatchGAN with PyTorch-exact BatchNorm or ActNorm ([`norm`]);
 //! * [`Lpips`]: the VGG16 perceptual distance, weights only from user-supplied files;
+//! * the metric networks, weights only from user-supplied files: [`FidInception`] (pytorch-fid's
+//!   FID/IS network) and [`I3d`] (the FVD network of VideoGPT/TATS);
 //! * [`VitEncoder`] / [`VitDecoder`]: ViT-VQGAN's transformer autoencoder (enhancing-transformers'
 //!   `ViTVQ`), and [`Timesformer`]: Hugging Face's divided space-time video transformer;
 //! * video tokenizers: [`TimesformerVqModel`] (the paper's Table 5 TimeSformer-VQGAN) and
@@ -20,6 +22,7 @@
 mod attention;
 mod autoencoder;
 mod autoencoder_config;
+pub mod bilinear;
 pub mod blocks;
 mod conv3d_vq_model;
 pub mod cpu;
@@ -27,6 +30,9 @@ mod decoder;
 mod discriminator;
 mod encoder;
 mod error;
+mod fid_inception;
+mod folded_conv;
+mod i3d;
 mod lpips;
 pub mod norm;
 mod peer_autoencoder;
@@ -48,6 +54,10 @@ pub use discriminator::{
 };
 pub use encoder::{DownLevel, Encoder, Mid};
 pub use error::ModelError;
+pub use fid_inception::{
+    FID_CLASSES, FID_FEATURES, FID_INCEPTION_SIZE, FidInception, InceptionFeatures,
+};
+pub use i3d::{I3D_CLASSES, I3D_MIN_FRAMES, I3D_SIZE, I3d};
 pub use lpips::{LPIPS_CHANNELS, LPIPS_HOWTO, Lpips, LpipsWeights};
 pub use peer_autoencoder::{PeerAutoencoder, PeerAutoencoderConfig};
 pub use quantizers;

@@ -11,6 +11,7 @@ mod comm;
 mod config;
 pub mod data;
 mod error;
+pub mod eval;
 mod grad_norm;
 mod metrics;
 mod objective;
