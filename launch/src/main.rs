@@ -4,6 +4,7 @@
 //!     launch --cpu N [...] CONFIG.toml                                   N CPU workers, TCP ring
 //!     launch --sweep KEY=V1,V2 [...] CONFIG.toml                          one run per value, table
 //!     launch check-config CONFIG.toml / check-quantizer CONFIG.toml      validate only
+//!     launch export CONFIG.toml --out FILE.safetensors                    weights, reference names
 //!
 //! When the environment says this process is one worker of a run (rotor's launcher, torchrun's
 //! RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, or SLURM's SLURM_PROCID/SLURM_NTASKS/...), `launch
@@ -19,6 +20,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod check_quantizer;
 mod env;
+mod eval;
+mod export;
 mod launcher;
 mod rendezvous;
 mod store;
@@ -88,10 +91,42 @@ enum Command {
         /// TOML file with a [quantizer] table.
         config: PathBuf,
     },
+    /// Write a checkpoint's model weights as one .safetensors file under the names of the model's
+    /// reference (taming for vq_model, enhancing-transformers for vit_vq, ...), the names
+    /// `model.init_from` reads back.
+    Export {
+        /// Training config (TOML) of the run.
+        config: PathBuf,
+        /// Checkpoint directory to export (default: the run's newest valid checkpoint).
+        #[arg(long, value_name = "DIR")]
+        checkpoint: Option<PathBuf>,
+        /// The .safetensors file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Overrides, as for training.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Parse and validate a training config without training.
     CheckConfig {
         /// Training config (TOML).
         config: PathBuf,
+        /// Overrides, as for training.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Evaluate a trained model on its validation set (all of it, or --limit N): MSE, PSNR,
+    /// SSIM, LPIPS, codebook usage, perplexity, quantization error, and r-FID / r-IS / r-FVD
+    /// with the pinned weights of [eval]. Writes RUN_DIR/eval/step-N.json and prints it.
+    Eval {
+        /// Training config (TOML) of the run.
+        config: PathBuf,
+        /// Checkpoint directory to evaluate (default: the run's newest valid checkpoint).
+        #[arg(long, value_name = "DIR")]
+        checkpoint: Option<PathBuf>,
+        /// Evaluate at most this many validation samples (default: eval.limit, 0 = all).
+        #[arg(long)]
+        limit: Option<usize>,
         /// Overrides, as for training.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -298,6 +333,30 @@ fn train(
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match (cli.command, cli.config) {
+        (
+            Some(Command::Eval {
+                config,
+                checkpoint,
+                limit,
+                overrides,
+            }),
+            _,
+        ) => {
+            init_logs(None, false)?;
+            eval::run(
+                eval::EvalArgs {
+                    config,
+                    overrides,
+                    checkpoint,
+                    limit,
+                },
+                match cli.device {
+                    DeviceArg::Cpu => worker::DeviceKind::Cpu,
+                    DeviceArg::Cuda => worker::DeviceKind::Cuda,
+                    DeviceArg::Wgpu => worker::DeviceKind::Wgpu,
+                },
+            )
+        }
         (Some(Command::CheckQuantizer { config }), _) => {
             init_logs(None, false)?;
             check_quantizer::check_quantizer(&config)
@@ -343,6 +402,23 @@ fn run() -> Result<()> {
                 println!("  unreadable: {}: {why}", path.display());
             }
             Ok(())
+        }
+        (
+            Some(Command::Export {
+                config,
+                checkpoint,
+                out,
+                overrides,
+            }),
+            _,
+        ) => {
+            init_logs(None, false)?;
+            export::run(export::ExportArgs {
+                config,
+                overrides,
+                checkpoint,
+                out,
+            })
         }
         (Some(Command::CheckConfig { config, overrides }), _) => {
             let cfg = TrainConfig::load(&config, &overrides)?;

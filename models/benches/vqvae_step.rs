@@ -41,6 +41,7 @@ fn main() {
             double_z: false,
         },
         quantizer: QuantizerConfig::Vq(VqConfig::new(64, 1024)),
+        init_from: None,
     };
     let model = cfg.init::<B>(&device).expect("valid config");
     let x = Tensor::<B, 4>::random([8, 3, 64, 64], Distribution::Uniform(-1.0, 1.0), &device);

@@ -11,9 +11,11 @@ use burn::{
 use quantizers::{AnyQuantizer, Mode};
 use serde::{Deserialize, Serialize};
 
+use std::path::Path;
+
 use crate::{
     Conv3dVqModel, Conv3dVqModelConfig, ModelError, PeerAutoencoder, PeerAutoencoderConfig,
-    TimesformerVqModel, TimesformerVqModelConfig, VitVqModel, VitVqModelConfig, VqModel,
+    StateDict, TimesformerVqModel, TimesformerVqModelConfig, VitVqModel, VitVqModelConfig, VqModel,
     VqModelConfig, VqOutput,
 };
 
@@ -87,6 +89,17 @@ impl AutoencoderKind {
         }
     }
 
+    /// The weight file to start from (`model.init_from`), if any.
+    pub fn init_from(&self) -> Option<&Path> {
+        match self {
+            Self::VqModel(c) => c.init_from.as_deref(),
+            Self::Peer(c) => c.init_from.as_deref(),
+            Self::VitVq(c) => c.init_from.as_deref(),
+            Self::TimesformerVq(c) => c.init_from.as_deref(),
+            Self::Conv3dVq(c) => c.init_from.as_deref(),
+        }
+    }
+
     /// The one input side length the model takes, when it has one (the ViT's position tables
     /// are built for `image_size`).
     pub fn fixed_resolution(&self) -> Option<usize> {
@@ -115,6 +128,32 @@ pub enum Autoencoder<B: Backend> {
 }
 
 impl<B: Backend> Autoencoder<B> {
+    /// Loads weights under the names of the model's reference (taming for `vq_model`,
+    /// vector-quantize-pytorch for `peer`, enhancing-transformers for `vit_vq`, Hugging Face
+    /// TimeSformer for `timesformer_vq`, TATS-style for `conv3d_vq`), as
+    /// [`Self::export_state_dict`] writes them. Keys under `loss.` are skipped; a missing,
+    /// unexpected or mis-shaped key is a [`ModelError::WeightMismatch`] listing them all.
+    pub fn load_state_dict(self, dict: &StateDict) -> Result<Self, ModelError> {
+        Ok(match self {
+            Self::VqModel(m) => Self::VqModel(m.load_taming(dict)?),
+            Self::Peer(m) => Self::Peer(m.load_vq_pytorch(dict)?),
+            Self::VitVq(m) => Self::VitVq(m.load_enhancing(dict)?),
+            Self::TimesformerVq(m) => Self::TimesformerVq(m.load_hf(dict)?),
+            Self::Conv3dVq(m) => Self::Conv3dVq(m.load_tats(dict)?),
+        })
+    }
+
+    /// Every weight under the names of the model's reference (see [`Self::load_state_dict`]).
+    pub fn export_state_dict(&self) -> StateDict {
+        match self {
+            Self::VqModel(m) => m.export_taming(),
+            Self::Peer(m) => m.export_vq_pytorch(),
+            Self::VitVq(m) => m.export_enhancing(),
+            Self::TimesformerVq(m) => m.export_hf(),
+            Self::Conv3dVq(m) => m.export_tats(),
+        }
+    }
+
     /// Encode, quantize, decode.
     pub fn forward(&self, x: Tensor<B, 4>, mode: Mode) -> VqOutput<B> {
         match self {
@@ -180,6 +219,119 @@ impl<B: Backend> Autoencoder<B> {
             Self::VitVq(m) => m.latents(x),
             Self::TimesformerVq(m) => m.latents(x),
             Self::Conv3dVq(m) => m.latents(x),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+
+    use super::*;
+
+    /// A tiny model of every kind, with names its reference uses.
+    fn kinds() -> Vec<(AutoencoderKind, [&'static str; 3])> {
+        let q = r#"{ "kind": "vq", "dim": 8, "codebook_size": 16 }"#;
+        let vit = r#"{ "dim": 16, "depth": 1, "heads": 2, "mlp_dim": 32, "dim_head": 8 }"#;
+        [
+            (
+                format!(
+                    r#"{{ "kind": "vq_model", "quantizer": {q}, "autoencoder": {{ "ch": 32,
+                    "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [8],
+                    "resolution": 16, "z_channels": 8 }} }}"#
+                ),
+                [
+                    "encoder.down.0.block.0.norm1.weight",
+                    "decoder.mid.attn_1.proj_out.bias",
+                    "quantize.embedding.weight",
+                ],
+            ),
+            (
+                format!(r#"{{ "kind": "peer", "hidden": 8, "quantizer": {q} }}"#),
+                [
+                    "layers.0.weight",
+                    "layers.10.bias",
+                    "layers.5._codebook.embed",
+                ],
+            ),
+            (
+                format!(
+                    r#"{{ "kind": "vit_vq", "quantizer": {q}, "vit": {{ "image_size": 8,
+                    "patch_size": 4, "encoder": {vit}, "decoder": {vit}, "embed_dim": 8 }} }}"#
+                ),
+                [
+                    "encoder.to_patch_embedding.0.weight",
+                    "pre_quant.weight",
+                    "quantizer.embedding.weight",
+                ],
+            ),
+            (
+                format!(
+                    r#"{{ "kind": "timesformer_vq", "embed_dim": 8, "quantizer": {q},
+                    "timesformer": {{ "image_size": 8, "patch_size": 4, "num_frames": 2,
+                    "hidden_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1,
+                    "intermediate_size": 32 }} }}"#
+                ),
+                [
+                    "encoder.embeddings.patch_embeddings.projection.weight",
+                    "encoder.encoder.layer.0.attention.attention.qkv.weight",
+                    "decoder.layer.0.temporal_dense.weight",
+                ],
+            ),
+            (
+                format!(
+                    r#"{{ "kind": "conv3d_vq", "frames": 2, "n_hiddens": 4,
+                    "downsample": [2, 2, 2], "embed_dim": 8, "norm_groups": 4,
+                    "quantizer": {q} }}"#
+                ),
+                [
+                    "encoder.conv_blocks.0.down.conv.weight",
+                    "decoder.conv_blocks.0.res1.norm1.weight",
+                    "codebook.embeddings",
+                ],
+            ),
+        ]
+        .into_iter()
+        .map(|(json, names)| (serde_json::from_str(&json).unwrap(), names))
+        .collect()
+    }
+
+    #[test]
+    fn every_kind_loads_what_it_exports_under_its_references_names() {
+        let device = Default::default();
+        for (kind, names) in kinds() {
+            let a = kind.init::<Flex>(&device).unwrap();
+            let dict = a.export_state_dict();
+            for n in names {
+                assert!(dict.get(n).is_some(), "{kind:?}: no `{n}` in {:?}", {
+                    dict.names().collect::<Vec<_>>()
+                });
+            }
+            // Another draw of the weights takes the exported ones exactly; `loss.*` is skipped.
+            let mut with_loss = dict.clone();
+            with_loss.insert(
+                "loss.discriminator.main.0.bias",
+                crate::TensorEntry {
+                    shape: vec![2],
+                    values: vec![1.0, 2.0],
+                },
+            );
+            let b = kind.init::<Flex>(&device).unwrap();
+            assert_ne!(b.export_state_dict(), dict, "{kind:?}: same draw twice");
+            let b = b.load_state_dict(&with_loss).unwrap();
+            assert_eq!(b.export_state_dict(), dict, "{kind:?}");
+            // A missing key is named.
+            let partial = dict.without(&[names[0]]);
+            let err = kind
+                .init::<Flex>(&device)
+                .unwrap()
+                .load_state_dict(&partial)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("missing keys") && err.contains(names[0]),
+                "{err}"
+            );
         }
     }
 }

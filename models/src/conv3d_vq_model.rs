@@ -24,7 +24,10 @@ use burn::{
 use quantizers::{AnyQuantizer, Mode, QuantizerConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::{Encoded, ModelError, VqOutput, codes_of_index_maps, cpu};
+use crate::{
+    Encoded, ModelError, StateDict, VqOutput, codes_of_index_maps, cpu,
+    weights::{Naming, TorchKey, export_weights, load_weights, norm_param_names},
+};
 
 fn default_groups() -> usize {
     32
@@ -54,6 +57,11 @@ pub struct Conv3dVqModelConfig {
     pub norm_groups: usize,
     /// The quantizer of the `embed_dim`-wide latents.
     pub quantizer: QuantizerConfig,
+    /// Weights to start (fine-tune) from, with TATS-style names (a `launch export` of a rotor
+    /// run; `.ckpt`, `.pth`, `.pt`, `.bin`, `.safetensors`; keys under `loss.` are skipped). See
+    /// [`Conv3dVqModel::load_tats`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl Conv3dVqModelConfig {
@@ -375,5 +383,63 @@ impl<B: Backend> Conv3dVqModel<B> {
             decoder_features,
             encoded,
         }
+    }
+
+    /// Loads a state dict with the names of TATS' `VQGAN` module tree (`tats/tats_vqgan.py`):
+    /// `encoder.conv_first.conv`, `encoder.conv_blocks.{i}.down.conv` and `.res.{norm1, conv1.conv,
+    /// norm2, conv2.conv}`, `encoder.final_block.0`, `pre_vq_conv.conv`, `codebook.embeddings`
+    /// (optional: `codebook.N`, `codebook.z_avg`, `codebook.initialized`), `post_vq_conv.conv`,
+    /// `decoder.final_block.0`, `decoder.conv_blocks.{i}.up.conv` and `.res1` / `.res2`,
+    /// `decoder.conv_last.conv`. A TATS checkpoint itself does not fit (this model's kernel
+    /// shapes and its upsampling differ, see the module docs): the names serve rotor's own
+    /// export and fine-tuning. Keys under `loss.` are skipped.
+    pub fn load_tats(self, dict: &StateDict) -> Result<Self, ModelError> {
+        load_weights(self, &dict.without(&["loss."]), &TatsNaming)
+    }
+
+    /// The weights under the names [`Self::load_tats`] reads.
+    pub fn export_tats(&self) -> StateDict {
+        export_weights(self, &TatsNaming)
+    }
+}
+
+/// TATS-style names (see [`Conv3dVqModel::load_tats`]).
+struct TatsNaming;
+
+impl Naming for TatsNaming {
+    fn torch_key(&self, path: &str) -> TorchKey {
+        if let Some(rest) = path.strip_prefix("quantizer.") {
+            let mut key = crate::vq_model::quantizer_key(&format!("quantize.{rest}"));
+            key.key = key
+                .key
+                .replacen("quantize", "codebook", 1)
+                .replace(".embedding.weight", ".embeddings")
+                .replace(".embedding.cluster_size", ".N")
+                .replace(".embedding.embed_avg", ".z_avg");
+            return key;
+        }
+        let segs: Vec<&str> = path.split('.').collect();
+        let n = segs.len();
+        let mut out: Vec<&str> = Vec::new();
+        for (i, &seg) in segs.iter().enumerate() {
+            out.push(match (seg, i) {
+                ("conv_first", 0) => "encoder.conv_first",
+                ("down", 0) => "encoder.conv_blocks",
+                ("enc_norm", 0) => "encoder.final_block.0",
+                ("dec_norm", 0) => "decoder.final_block.0",
+                ("up", 0) => "decoder.conv_blocks",
+                ("conv_last", 0) => "decoder.conv_last",
+                _ => seg,
+            });
+            // SamePadConv3d wraps its nn.Conv3d as `.conv`.
+            let conv = matches!(
+                seg,
+                "conv_first" | "pre_vq_conv" | "post_vq_conv" | "conv_last" | "conv1" | "conv2"
+            ) || (matches!(seg, "down" | "up") && i == 2);
+            if conv && i + 2 == n {
+                out.push("conv");
+            }
+        }
+        TorchKey::new(norm_param_names(&out.join(".")))
     }
 }

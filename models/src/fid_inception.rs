@@ -392,3 +392,106 @@ impl<B: Backend> FidInception<B> {
         }
     }
 }
+
+/// Every tensor of the FID Inception's state dict, `(name, shape)`, in torchvision `Inception3`
+/// naming (what [`FidInception::from_state_dict`] reads; tests build random-weight files from it).
+pub fn fid_inception_shapes() -> Vec<(String, Vec<usize>)> {
+    let mut convs: Vec<(String, [usize; 4])> = vec![
+        ("Conv2d_1a_3x3".into(), [32, 3, 3, 3]),
+        ("Conv2d_2a_3x3".into(), [32, 32, 3, 3]),
+        ("Conv2d_2b_3x3".into(), [64, 32, 3, 3]),
+        ("Conv2d_3b_1x1".into(), [80, 64, 1, 1]),
+        ("Conv2d_4a_3x3".into(), [192, 80, 3, 3]),
+    ];
+    let mut add = |block: &str, list: &[(&str, [usize; 4])]| {
+        for (b, s) in list {
+            convs.push((format!("{block}.{b}"), *s));
+        }
+    };
+    for (block, i, pool) in [
+        ("Mixed_5b", 192, 32),
+        ("Mixed_5c", 256, 64),
+        ("Mixed_5d", 288, 64),
+    ] {
+        add(
+            block,
+            &[
+                ("branch1x1", [64, i, 1, 1]),
+                ("branch5x5_1", [48, i, 1, 1]),
+                ("branch5x5_2", [64, 48, 5, 5]),
+                ("branch3x3dbl_1", [64, i, 1, 1]),
+                ("branch3x3dbl_2", [96, 64, 3, 3]),
+                ("branch3x3dbl_3", [96, 96, 3, 3]),
+                ("branch_pool", [pool, i, 1, 1]),
+            ],
+        );
+    }
+    add(
+        "Mixed_6a",
+        &[
+            ("branch3x3", [384, 288, 3, 3]),
+            ("branch3x3dbl_1", [64, 288, 1, 1]),
+            ("branch3x3dbl_2", [96, 64, 3, 3]),
+            ("branch3x3dbl_3", [96, 96, 3, 3]),
+        ],
+    );
+    for (block, c) in [
+        ("Mixed_6b", 128),
+        ("Mixed_6c", 160),
+        ("Mixed_6d", 160),
+        ("Mixed_6e", 192),
+    ] {
+        add(
+            block,
+            &[
+                ("branch1x1", [192, 768, 1, 1]),
+                ("branch7x7_1", [c, 768, 1, 1]),
+                ("branch7x7_2", [c, c, 1, 7]),
+                ("branch7x7_3", [192, c, 7, 1]),
+                ("branch7x7dbl_1", [c, 768, 1, 1]),
+                ("branch7x7dbl_2", [c, c, 7, 1]),
+                ("branch7x7dbl_3", [c, c, 1, 7]),
+                ("branch7x7dbl_4", [c, c, 7, 1]),
+                ("branch7x7dbl_5", [192, c, 1, 7]),
+                ("branch_pool", [192, 768, 1, 1]),
+            ],
+        );
+    }
+    add(
+        "Mixed_7a",
+        &[
+            ("branch3x3_1", [192, 768, 1, 1]),
+            ("branch3x3_2", [320, 192, 3, 3]),
+            ("branch7x7x3_1", [192, 768, 1, 1]),
+            ("branch7x7x3_2", [192, 192, 1, 7]),
+            ("branch7x7x3_3", [192, 192, 7, 1]),
+            ("branch7x7x3_4", [192, 192, 3, 3]),
+        ],
+    );
+    for (block, i) in [("Mixed_7b", 1280), ("Mixed_7c", 2048)] {
+        add(
+            block,
+            &[
+                ("branch1x1", [320, i, 1, 1]),
+                ("branch3x3_1", [384, i, 1, 1]),
+                ("branch3x3_2a", [384, 384, 1, 3]),
+                ("branch3x3_2b", [384, 384, 3, 1]),
+                ("branch3x3dbl_1", [448, i, 1, 1]),
+                ("branch3x3dbl_2", [384, 448, 3, 3]),
+                ("branch3x3dbl_3a", [384, 384, 1, 3]),
+                ("branch3x3dbl_3b", [384, 384, 3, 1]),
+                ("branch_pool", [192, i, 1, 1]),
+            ],
+        );
+    }
+    let mut out = Vec::new();
+    for (name, s) in convs {
+        out.push((format!("{name}.conv.weight"), s.to_vec()));
+        for p in ["weight", "bias", "running_mean", "running_var"] {
+            out.push((format!("{name}.bn.{p}"), vec![s[0]]));
+        }
+    }
+    out.push(("fc.weight".into(), vec![FID_CLASSES, FID_FEATURES]));
+    out.push(("fc.bias".into(), vec![FID_CLASSES]));
+    out
+}

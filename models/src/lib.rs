@@ -56,6 +56,7 @@ pub use encoder::{DownLevel, Encoder, Mid};
 pub use error::ModelError;
 pub use fid_inception::{
     FID_CLASSES, FID_FEATURES, FID_INCEPTION_SIZE, FidInception, InceptionFeatures,
+    fid_inception_shapes,
 };
 pub use i3d::{I3D_CLASSES, I3D_MIN_FRAMES, I3D_SIZE, I3d};
 pub use lpips::{LPIPS_CHANNELS, LPIPS_HOWTO, Lpips, LpipsWeights};

@@ -12,8 +12,12 @@ use quantizers::{AnyQuantizer, Mode, QuantizerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Encoded, ModelError, VqOutput, blocks::conv, blocks::upsample_nearest2, cpu,
+    Encoded, ModelError, StateDict, VqOutput,
+    blocks::conv,
+    blocks::upsample_nearest2,
+    cpu,
     vq_model::codes_of_index_maps,
+    weights::{Naming, TorchKey, export_weights, load_weights},
 };
 
 /// Configuration of [`PeerAutoencoder`].
@@ -28,6 +32,11 @@ pub struct PeerAutoencoderConfig {
     pub hidden: usize,
     /// The quantizer; its `dim` is the latent width (32 in the reference).
     pub quantizer: QuantizerConfig,
+    /// Weights to start (fine-tune) from: a state dict of vector-quantize-pytorch's
+    /// `examples/autoencoder.py` network or a `launch export` of a rotor run (`.ckpt`, `.pth`,
+    /// `.pt`, `.bin`, `.safetensors`). See [`PeerAutoencoder::load_vq_pytorch`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 fn one() -> usize {
@@ -122,6 +131,66 @@ impl<B: Backend> PeerAutoencoder<B> {
             reconstruction,
             decoder_features,
             encoded,
+        }
+    }
+
+    /// Loads a state dict of vector-quantize-pytorch's `SimpleVQAutoEncoder`
+    /// (`examples/autoencoder.py`): the convolutions are `layers.{0,3,7,10}`, the quantizer
+    /// `layers.5` (`_codebook.embed`, and, optional, `_codebook.cluster_size|embed_avg|initted`;
+    /// a leading codebook axis of 1 is accepted). Keys under `loss.` are skipped.
+    pub fn load_vq_pytorch(self, dict: &StateDict) -> Result<Self, ModelError> {
+        load_weights(self, &dict.without(&["loss."]), &PeerNaming)
+    }
+
+    /// The weights under vector-quantize-pytorch's names.
+    pub fn export_vq_pytorch(&self) -> StateDict {
+        export_weights(self, &PeerNaming)
+    }
+}
+
+/// vector-quantize-pytorch's names: the `nn.ModuleList` indices of `SimpleVQAutoEncoder.layers`,
+/// `VectorQuantize`'s codebook buffers under `_codebook`.
+struct PeerNaming;
+
+impl Naming for PeerNaming {
+    fn torch_key(&self, path: &str) -> TorchKey {
+        let (head, rest) = path.split_once('.').unwrap_or((path, ""));
+        let layer = match head {
+            "enc1" => "0",
+            "enc2" => "3",
+            "quantize" => "5",
+            "dec1" => "7",
+            "dec2" => "10",
+            other => other,
+        };
+        if head != "quantize" {
+            return TorchKey::new(format!("layers.{layer}.{rest}"));
+        }
+        // `Vq.codebook`, `Residual.layers.0.Vq.codebook`, `Vq.project_in.weight`, ...
+        let parts: Vec<&str> = rest
+            .split('.')
+            .filter(|p| !matches!(*p, "Vq" | "Lfq" | "Fsq" | "Residual"))
+            .collect();
+        let (inner, last) = parts.split_at(parts.len() - 1);
+        let prefix = std::iter::once("layers.5")
+            .chain(inner.iter().copied())
+            .collect::<Vec<_>>()
+            .join(".");
+        let optional = |key: String| TorchKey {
+            key,
+            transpose: false,
+            optional: true,
+        };
+        match last[0] {
+            "codebook" => TorchKey::new(format!("{prefix}._codebook.embed")),
+            "cluster_size" | "embed_avg" => optional(format!("{prefix}._codebook.{}", last[0])),
+            "initialized" => optional(format!("{prefix}._codebook.initted")),
+            "weight" if inner.last().is_some_and(|h| h.starts_with("project_")) => TorchKey {
+                key: format!("{prefix}.weight"),
+                transpose: true,
+                optional: false,
+            },
+            other => TorchKey::new(format!("{prefix}.{other}")),
         }
     }
 }

@@ -18,8 +18,11 @@ use quantizers::{AnyQuantizer, Mode, QuantizerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Encoded, ModelError, Timesformer, TimesformerConfig, ToPixels, TsLayer, VqOutput,
-    attention::linear_tokens, codes_of_index_maps,
+    Encoded, ModelError, StateDict, Timesformer, TimesformerConfig, TimesformerNaming, ToPixels,
+    TsLayer, VqOutput,
+    attention::linear_tokens,
+    codes_of_index_maps,
+    weights::{Naming, TorchKey, export_weights, load_weights},
 };
 
 /// The video transformer autoencoder: one TimeSformer shape for encoder and decoder (Table 11).
@@ -32,6 +35,11 @@ pub struct TimesformerVqModelConfig {
     pub embed_dim: usize,
     /// The quantizer of the `embed_dim`-wide tokens.
     pub quantizer: QuantizerConfig,
+    /// Weights to start (fine-tune) from, with Hugging Face TimeSformer names (a `launch export`
+    /// of a rotor run; `.ckpt`, `.pth`, `.pt`, `.bin`, `.safetensors`; keys under `loss.` are
+    /// skipped). See [`TimesformerVqModel::load_hf`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl TimesformerVqModelConfig {
@@ -216,5 +224,34 @@ impl<B: Backend> TimesformerVqModel<B> {
             decoder_features,
             encoded,
         }
+    }
+
+    /// Loads a state dict with Hugging Face TimeSformer names: the encoder is a
+    /// `TimesformerModel` under `encoder.` (`encoder.embeddings.patch_embeddings.projection.*`,
+    /// `encoder.encoder.layer.{l}.*`, `encoder.layernorm.*`), the decoder's layers, LayerNorm
+    /// and embeddings use the same names under `decoder.`, `pre_quant` / `post_quant` are
+    /// PyTorch Linear layers and the codebook is `quantizer.embedding.weight` (taming's
+    /// convention). Keys under `loss.` are skipped.
+    pub fn load_hf(self, dict: &StateDict) -> Result<Self, ModelError> {
+        load_weights(self, &dict.without(&["loss."]), &TimesformerVqNaming)
+    }
+
+    /// The weights under the names [`Self::load_hf`] reads.
+    pub fn export_hf(&self) -> StateDict {
+        export_weights(self, &TimesformerVqNaming)
+    }
+}
+
+/// [`TimesformerNaming`] for the TimeSformers and the Linear layers, taming's quantizer names.
+struct TimesformerVqNaming;
+
+impl Naming for TimesformerVqNaming {
+    fn torch_key(&self, path: &str) -> TorchKey {
+        if let Some(rest) = path.strip_prefix("quantizer.") {
+            let mut key = crate::vq_model::quantizer_key(&format!("quantize.{rest}"));
+            key.key = key.key.replacen("quantize", "quantizer", 1);
+            return key;
+        }
+        TimesformerNaming.torch_key(path)
     }
 }

@@ -27,6 +27,11 @@ pub struct VitVqModelConfig {
     pub vit: VitConfig,
     /// The quantizer of the `embed_dim`-wide tokens.
     pub quantizer: QuantizerConfig,
+    /// Weights to start (fine-tune) from: an enhancing-transformers `ViTVQ` checkpoint or a
+    /// `launch export` of a rotor run (`.ckpt`, `.pth`, `.pt`, `.bin`, `.safetensors`; keys
+    /// under `loss.` are skipped). See [`VitVqModel::load_enhancing`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl VitVqModelConfig {

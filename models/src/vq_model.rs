@@ -26,6 +26,11 @@ pub struct VqModelConfig {
     pub autoencoder: AutoencoderConfig,
     /// The quantizer.
     pub quantizer: QuantizerConfig,
+    /// Weights to start (fine-tune) from: a taming / latent-diffusion `VQModel` checkpoint or a
+    /// `launch export` of a rotor run (`.ckpt`, `.pth`, `.pt`, `.bin`, `.safetensors`; keys
+    /// under `loss.` are skipped). See [`VqModel::load_taming`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl VqModelConfig {

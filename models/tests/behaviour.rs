@@ -33,6 +33,7 @@ fn tiny(estimator: Estimator, codebook: CodebookLearning) -> VqModelConfig {
             codebook,
             ..VqConfig::new(8, 32)
         }),
+        init_from: None,
     }
 }
 

@@ -334,3 +334,28 @@ impl Checkpoints {
         !self.all().is_empty()
     }
 }
+
+impl Checkpoints {
+    /// The model of `cfg` with the weights of checkpoint `dir` (its `model.mpk` checked against
+    /// the manifest first), on any backend: for tools that read a run's weights without
+    /// training it (`launch export`). `model.init_from` is not applied: the checkpoint wins.
+    pub fn load_model<B: burn::tensor::backend::Backend>(
+        cfg: &crate::TrainConfig,
+        dir: &Path,
+        device: &B::Device,
+    ) -> Result<models::Autoencoder<B>, TrainError> {
+        use burn::module::Module;
+        let err = |reason: String| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        if !dir.is_dir() {
+            return Err(err("no such checkpoint directory".into()));
+        }
+        Self::verify_file(dir, "model.mpk").map_err(err)?;
+        cfg.model
+            .init::<B>(device)?
+            .load_file(dir.join("model"), &crate::train::recorder(), device)
+            .map_err(|e| err(format!("model: {e}")))
+    }
+}

@@ -26,6 +26,59 @@ pub struct TrainConfig {
     pub objective: ObjectiveConfig,
     /// The optimizer and learning-rate schedule.
     pub optim: OptimConfig,
+    /// Evaluation (`launch eval`, `run.eval_every`): limits and the metric networks' weights.
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// `[eval]`: what `launch eval` and `run.eval_every` compute. Reconstruction error, PSNR, SSIM,
+/// codebook usage, perplexity and quantization error need nothing; LPIPS uses
+/// `objective.lpips` when its files are configured; r-FID / r-IS need `fid`, r-FVD needs `fvd`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Validation samples (images or clips) to evaluate; 0: all of them.
+    #[serde(default)]
+    pub limit: usize,
+    /// Samples per evaluation batch over all workers (default: `run.batch_size`).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Splits of the Inception Score (10, as every IS reference).
+    #[serde(default = "default_is_splits")]
+    pub is_splits: usize,
+    /// pytorch-fid's Inception weights (r-FID, r-IS), converted to safetensors.
+    #[serde(default)]
+    pub fid: Option<MetricWeights>,
+    /// The FVD I3D's weights (`i3d_pretrained_400.pt`, converted to safetensors).
+    #[serde(default)]
+    pub fvd: Option<MetricWeights>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            limit: 0,
+            batch_size: None,
+            is_splits: default_is_splits(),
+            fid: None,
+            fvd: None,
+        }
+    }
+}
+
+fn default_is_splits() -> usize {
+    10
+}
+
+/// A metric network's weight file and the sha256 it must have: a number is only called FID / IS
+/// / FVD when the pinned file produced it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricWeights {
+    /// The `.safetensors` file.
+    pub weights: PathBuf,
+    /// Its sha256 (64 hex digits), checked before use.
+    pub sha256: String,
 }
 
 /// `[run]`.
@@ -50,6 +103,9 @@ pub struct RunConfig {
     /// Validate every this many steps (0: only at the end).
     #[serde(default)]
     pub val_every: usize,
+    /// Run the full evaluation (`[eval]`) every this many steps and log it (0: never).
+    #[serde(default)]
+    pub eval_every: usize,
     /// Validation batches (of `batch_size` images, at most the validation set).
     #[serde(default = "default_val_batches")]
     pub val_batches: usize,
@@ -465,6 +521,9 @@ impl TrainConfig {
                 vec![("data.source.train", train), ("data.source.val", val)]
             }
         };
+        if let Some(p) = self.model.init_from() {
+            paths.push(("model.init_from", p));
+        }
         if let ObjectiveConfig::Vqgan(v) = &self.objective
             && v.perceptual_weight > 0.0
         {
@@ -475,10 +534,23 @@ impl TrainConfig {
                 paths.push(("objective.lpips.heads", p));
             }
         }
+        if let Some(f) = &self.eval.fid {
+            paths.push(("eval.fid.weights", &f.weights));
+        }
+        if let Some(f) = &self.eval.fvd {
+            paths.push(("eval.fvd.weights", &f.weights));
+        }
         for (key, p) in paths {
             if !p.exists() {
                 let hint = if key.starts_with("data") {
                     "run scripts/fetch-data.sh for the sample data, or point it at your dataset"
+                        .to_string()
+                } else if key.starts_with("eval") {
+                    crate::eval::METRIC_WEIGHTS_HOWTO.to_string()
+                } else if key == "model.init_from" {
+                    "give the weights to start from: a taming / latent-diffusion / \
+                     enhancing-transformers checkpoint (.ckpt, .pth, .pt, .bin), or a \
+                     .safetensors file written by `launch export`"
                         .to_string()
                 } else {
                     models::LPIPS_HOWTO.to_string()
@@ -494,6 +566,25 @@ impl TrainConfig {
         let e = |k: &str, r: String| Err((k.to_string(), r));
         if self.run.name.is_empty() || self.run.name.contains('/') {
             return e("run.name", "must be a non-empty name without '/'".into());
+        }
+        if self.eval.is_splits == 0 {
+            return e("eval.is_splits", "must be at least 1".into());
+        }
+        if self.eval.batch_size == Some(0) {
+            return e("eval.batch_size", "must be at least 1".into());
+        }
+        for (key, w) in [
+            ("eval.fid.sha256", &self.eval.fid),
+            ("eval.fvd.sha256", &self.eval.fvd),
+        ] {
+            if let Some(w) = w
+                && (w.sha256.len() != 64 || !w.sha256.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return e(
+                    key,
+                    "must be the weight file's sha256: 64 hex digits".into(),
+                );
+            }
         }
         if self.run.steps == 0 {
             return e("run.steps", "must be at least 1".into());

@@ -37,9 +37,30 @@ pub enum TrainError {
     /// The model could not be built or loaded.
     #[error(transparent)]
     Model(#[from] models::ModelError),
+    /// The weights of `model.init_from` cannot be read or do not fit the model.
+    #[error("model.init_from = {path}: {error}")]
+    InitFrom {
+        /// The weight file.
+        path: PathBuf,
+        /// What is wrong (a mismatch lists every missing, unexpected and mis-shaped key).
+        error: models::ModelError,
+    },
     /// The quantizer refused its statistics.
     #[error(transparent)]
     Quantizer(#[from] quantizers::QuantizerError),
+    /// A metric's computation failed.
+    #[error("evaluation: {0}")]
+    Metric(#[from] crate::eval::MetricError),
+    /// A metric network's weight file is missing, unreadable or not the pinned one.
+    #[error("{key}: {path}: {reason}")]
+    MetricWeights {
+        /// The config key naming the file.
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// A collective operation with the other workers failed or timed out.
     #[error("data-parallel collective: {0}")]
     Collective(String),

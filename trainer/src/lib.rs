@@ -20,6 +20,7 @@ pub use comm::nccl;
 pub use comm::ring;
 mod schedule;
 mod step_stats;
+pub mod tensorboard;
 pub use comm::sync;
 mod train;
 
@@ -27,8 +28,8 @@ pub use auth::RunSecret;
 pub use checkpoint::{Checkpoints, RngState, TrainState};
 pub use comm::communicator::{CommError, Communicator, SingleProcess};
 pub use config::{
-    DataConfig, DataSource, DiscLoss, ObjectiveConfig, OptimConfig, Reconstruction, RunConfig,
-    Schedule, TrainConfig, VitVqganObjective, VqganObjective,
+    DataConfig, DataSource, DiscLoss, EvalConfig, MetricWeights, ObjectiveConfig, OptimConfig,
+    Reconstruction, RunConfig, Schedule, TrainConfig, VitVqganObjective, VqganObjective,
 };
 pub use error::TrainError;
 pub use grad_norm::{clip_global_norm, global_norm};

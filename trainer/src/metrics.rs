@@ -1,4 +1,5 @@
-//! Run outputs: `metrics.jsonl` (one JSON object per line, flushed as written), PSNR, and
+//! Run outputs: `metrics.jsonl` (one JSON object per line, flushed as written; the same numbers as
+//! TensorBoard scalars), PSNR, and
 //! reconstruction grids as PNG (originals on the top row, reconstructions below).
 
 use std::{
@@ -7,12 +8,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::TrainError;
+use crate::{TrainError, tensorboard::TensorBoardWriter};
 
 /// Appends JSON lines to `metrics.jsonl`.
 pub struct MetricsWriter {
     path: PathBuf,
     file: File,
+    /// The same lines as TensorBoard scalars (`RUN_DIR/tensorboard/`).
+    tensorboard: TensorBoardWriter,
 }
 
 impl MetricsWriter {
@@ -54,7 +57,12 @@ impl MetricsWriter {
             .append(true)
             .open(&path)
             .map_err(|e| TrainError::io(&path, e))?;
-        Ok(Self { path, file })
+        let tensorboard = TensorBoardWriter::open(&run_dir.join("tensorboard"))?;
+        Ok(Self {
+            path,
+            file,
+            tensorboard,
+        })
     }
 
     /// Writes one record.
@@ -64,7 +72,18 @@ impl MetricsWriter {
         self.file
             .write_all(line.as_bytes())
             .and_then(|_| self.file.flush())
-            .map_err(|e| TrainError::io(&self.path, e))
+            .map_err(|e| TrainError::io(&self.path, e))?;
+        self.tensorboard.metrics_line(value)
+    }
+
+    /// Adds a PNG image file (a sample grid) to the TensorBoard events under `tag`.
+    pub fn image_file(&mut self, step: usize, tag: &str, png: &Path) -> Result<(), TrainError> {
+        let bytes = std::fs::read(png).map_err(|e| TrainError::io(png, e))?;
+        let (w, h) = image::image_dimensions(png).map_err(|e| TrainError::Io {
+            path: png.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        self.tensorboard.image(step as i64, tag, &bytes, [h, w, 3])
     }
 }
 

@@ -22,7 +22,7 @@ use burn::{
     record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder},
     tensor::{Tensor, TensorData, backend::AutodiffBackend},
 };
-use models::Autoencoder;
+use models::{Autoencoder, Lpips};
 use quantizers::{
     EmaStats, Mode, QuantRng, Quantizer,
     host::{HostRead, read_f32, read_i64, read_scalar},
@@ -32,9 +32,10 @@ use rand::SeedableRng;
 use serde_json::json;
 
 use crate::{
-    Checkpoints, Communicator, SingleProcess, TrainConfig, TrainError,
+    Checkpoints, Communicator, ObjectiveConfig, SingleProcess, TrainConfig, TrainError,
     checkpoint::{RngState, TrainState},
     data::{Dataset, Loader, LoaderOptions, Transform, load_batch, open_datasets},
+    eval::{EvalInputs, EvalReport, MetricNets, evaluate, write_report},
     grad_norm::clip_global_norm,
     metrics::{MetricsWriter, psnr, save_clips_gif, save_grid},
     objective::{self, Inner, Objective},
@@ -86,6 +87,12 @@ pub struct ValStats {
     pub images: usize,
 }
 
+/// The evaluation's metric networks and LPIPS.
+type EvalNets<B> = (
+    MetricNets<<B as AutodiffBackend>::InnerBackend>,
+    Option<Lpips<<B as AutodiffBackend>::InnerBackend>>,
+);
+
 /// One worker's training run.
 pub struct Trainer<B: AutodiffBackend> {
     cfg: TrainConfig,
@@ -110,6 +117,8 @@ pub struct Trainer<B: AutodiffBackend> {
     quant_needs_init: bool,
     /// `[step, loss]` of the first non-finite loss since the last check (`step` -1: none).
     watch: Option<Inner<B, 1>>,
+    /// The evaluation's metric networks and LPIPS, loaded at the first evaluation.
+    eval_nets: Option<EvalNets<B>>,
 }
 
 pub(crate) fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
@@ -128,6 +137,39 @@ fn load_model<B: AutodiffBackend>(
             path: dir.to_path_buf(),
             reason: format!("model: {e}"),
         })
+}
+
+/// `model` with the weights of `path` (`model.init_from`): a fresh run's starting point.
+fn init_model_from<B: AutodiffBackend>(
+    model: Autoencoder<B>,
+    path: &Path,
+) -> Result<Autoencoder<B>, TrainError> {
+    let err = |error| TrainError::InitFrom {
+        path: path.to_path_buf(),
+        error,
+    };
+    let dict = models::StateDict::load(path).map_err(err)?;
+    let model = model.load_state_dict(&dict).map_err(err)?;
+    let skipped = dict.names().filter(|n| n.starts_with("loss.")).count();
+    tracing::info!(
+        "model.init_from: starting from the weights of {} ({} tensors{})",
+        path.display(),
+        dict.len() - skipped,
+        if skipped > 0 {
+            format!("; {skipped} loss tensors skipped")
+        } else {
+            String::new()
+        }
+    );
+    if model.quantizer().needs_init() {
+        tracing::warn!(
+            "model.init_from: {} does not mark the codebook initialized, so the configured \
+             k-means initialization will replace the loaded codebook at the first step (set \
+             the quantizer's kmeans_init = false to keep it)",
+            path.display()
+        );
+    }
+    Ok(model)
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -246,6 +288,12 @@ impl<B: AutodiffBackend> Trainer<B> {
                 dir.display()
             );
         }
+        // A fresh run starts from `model.init_from` (a checkpoint of this run wins).
+        if let (None, Some(path)) = (&found, cfg.model.init_from())
+            && resume != Resume::Weights
+        {
+            model = init_model_from(model, path)?;
+        }
         if let Some((dir, state)) = found {
             if state.config_hash != cfg.hash() {
                 tracing::warn!(
@@ -330,6 +378,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             objective,
             quant_needs_init,
             watch: None,
+            eval_nets: None,
         })
     }
 
@@ -503,6 +552,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                 && self.step < last_step
             {
                 self.validate_and_log()?;
+            }
+            if self.cfg.run.eval_every > 0 && self.step.is_multiple_of(self.cfg.run.eval_every) {
+                self.evaluate_and_log()?;
             }
             // Everyone stops at the same step when any worker was asked to. Agreeing is a
             // collective: a group agrees at logging and checkpoint steps only, one process at
@@ -797,17 +849,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         v.l1 /= m;
         v.quant_error /= m;
         v.psnr = psnr(v.mse);
-        let total: u64 = hist.iter().sum();
-        v.used_fraction = hist.iter().filter(|c| **c > 0).count() as f64 / (k * levels) as f64;
-        let entropy: f64 = hist
-            .iter()
-            .filter(|c| **c > 0)
-            .map(|c| {
-                let p = *c as f64 / total as f64;
-                -p * p.ln()
-            })
-            .sum();
-        v.perplexity = (entropy - (levels as f64).ln()).exp();
+        (v.used_fraction, v.perplexity) = crate::eval::usage_figures(&hist, k, levels);
         Ok((v, sample))
     }
 
@@ -850,9 +892,94 @@ impl<B: AutodiffBackend> Trainer<B> {
                     let gif = dir.join(format!("step-{:08}.gif", self.step));
                     save_clips_gif(&gif, &orig, &rec, shape, frames)?;
                 }
+                if let Some(m) = &mut self.metrics {
+                    m.image_file(self.step, "val/reconstructions", &path)?;
+                }
             }
         }
         Ok(v)
+    }
+
+    /// Replaces the model's weights with those of checkpoint `dir` (verified first) and takes
+    /// its step: what `launch eval --checkpoint` evaluates.
+    pub fn load_checkpoint(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let state = Checkpoints::verify(dir).map_err(|reason| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason,
+        })?;
+        let model = self.model.take().expect("model present");
+        self.model = Some(load_model(model, dir, &self.device)?);
+        self.step = state.step;
+        Ok(())
+    }
+
+    /// The full evaluation (`[eval]`) of the current weights on the validation set, data-parallel
+    /// over the workers; rank 0 writes it to `eval/step-NNNNNNNN.json` in the run directory.
+    pub fn evaluate(&mut self) -> Result<EvalReport, TrainError> {
+        if self.eval_nets.is_none() {
+            let nets = MetricNets::load(&self.cfg.eval, &self.device)?;
+            let lpips = match &self.cfg.objective {
+                ObjectiveConfig::Vqgan(v) => Some(&v.lpips),
+                ObjectiveConfig::VitVqgan(v) => Some(&v.lpips),
+                _ => None,
+            }
+            .filter(|l| l.vgg16.is_some() && l.heads.is_some())
+            .map(|l| l.load::<B::InnerBackend>(&self.device))
+            .transpose()?;
+            self.eval_nets = Some((nets, lpips));
+        }
+        let model = self.model().valid();
+        let transform = self.transform.eval();
+        let Some((nets, lpips)) = &self.eval_nets else {
+            unreachable!("loaded above")
+        };
+        let inputs = EvalInputs {
+            model: &model,
+            val_set: self.val_set.as_ref(),
+            transform: &transform,
+            workers: self.cfg.data.workers,
+            lpips: lpips.as_ref(),
+            nets,
+            global_batch: self.cfg.eval.batch_size.unwrap_or(self.cfg.run.batch_size),
+            step: self.step,
+            device: &self.device,
+        };
+        let report = evaluate(&inputs, &self.cfg.eval, self.comm.as_mut())?;
+        if self.comm.rank() == 0 {
+            let path = self
+                .run_dir
+                .join("eval")
+                .join(format!("step-{:08}.json", self.step));
+            write_report(&path, &report)?;
+        }
+        Ok(report)
+    }
+
+    fn evaluate_and_log(&mut self) -> Result<EvalReport, TrainError> {
+        let report = self.evaluate()?;
+        if self.comm.rank() == 0 {
+            let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+            tracing::info!(
+                "eval at step {}: psnr {:.2} dB, ssim {:.4}, lpips {}, r-FID {}, r-IS {}, r-FVD {}, codes used {:.1}%",
+                self.step,
+                report.psnr,
+                report.ssim,
+                opt(report.lpips),
+                opt(report.fid),
+                opt(report.is_mean),
+                opt(report.fvd),
+                report.used_fraction * 100.0
+            );
+            if let Some(m) = &mut self.metrics {
+                let mut record = serde_json::to_value(&report).unwrap_or_default();
+                if let Some(o) = record.as_object_mut() {
+                    o.insert("split".into(), json!("eval"));
+                    o.remove("notes");
+                }
+                m.write(&record)?;
+            }
+        }
+        Ok(report)
     }
 
     /// Writes a checkpoint of the current state (rank 0).

@@ -11,7 +11,9 @@ mod metric_case;
 use std::path::{Path, PathBuf};
 
 use metric_case::Case;
-use trainer::eval::{FeatureStats, frechet_distance, inception_score, psnr_unit, ssim};
+use trainer::eval::{
+    FeatureStats, frechet_distance, frechet_distance_of_rows, inception_score, psnr_unit, ssim,
+};
 
 /// Where the cases are: `METRICS_GOLDEN_DIR`, else the workspace's `../shared/golden/metrics`.
 fn golden_dir() -> PathBuf {
@@ -45,7 +47,19 @@ fn check_frechet(case: &Case, inputs: [&str; 2], distance_name: &str) -> Result<
     case.check("sigma_b", &sigma_b)?;
     let fd = frechet_distance(&mu_a, &sigma_a, &mu_b, &sigma_b).map_err(|e| e.to_string())?;
     case.check("trace_sqrt", &[fd.trace_sqrt])?;
-    case.check(distance_name, &[fd.distance])
+    case.check(distance_name, &[fd.distance])?;
+    // Fewer samples than dimensions: the rows route (no dim x dim decomposition) as well.
+    let (shape_a, rows_a) = case.tensor(inputs[0])?;
+    let (_, rows_b) = case.tensor(inputs[1])?;
+    let dim = shape_a[1];
+    if rows_a.len() / dim <= dim && rows_b.len() / dim <= dim {
+        let fd = frechet_distance_of_rows(rows_a, rows_b, dim).map_err(|e| e.to_string())?;
+        case.check("trace_sqrt", &[fd.trace_sqrt])
+            .map_err(|e| format!("rows route: {e}"))?;
+        case.check(distance_name, &[fd.distance])
+            .map_err(|e| format!("rows route: {e}"))?;
+    }
+    Ok(())
 }
 
 fn check_inception_score(case: &Case) -> Result<(), String> {

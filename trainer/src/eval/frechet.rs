@@ -2,7 +2,7 @@
 //! FID (pytorch-fid) and FVD (the tf-gan formulation of TATS / VideoGPT) are both this distance on
 //! different features.
 
-use nalgebra::{DMatrix, SymmetricEigen};
+use faer::{Mat, Side};
 use serde::{Deserialize, Serialize};
 
 use super::MetricError;
@@ -271,20 +271,25 @@ pub fn frechet_distance(
         }
     }
 
-    let sa = symmetrized(DMatrix::from_row_slice(n, n, sigma_a));
-    let sb = symmetrized(DMatrix::from_row_slice(n, n, sigma_b));
+    // faer's blocked algorithms (a 2048-d eigendecomposition in seconds), one thread: the
+    // same bits on any machine load and thread count.
+    faer::set_global_parallelism(faer::Par::Seq);
+    let sym = |v: &[f64]| Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (v[i * n + j] + v[j * n + i]));
+    let (sa, sb) = (sym(sigma_a), sym(sigma_b));
+    let failed = |e: faer::linalg::evd::EvdError| MetricError::SquareRoot {
+        detail: format!("eigendecomposition did not converge: {e:?}"),
+    };
 
     // sigma_a^1/2 = V diag(sqrt(max(l, 0))) V^T.
-    let eig = SymmetricEigen::new(sa.clone());
-    let roots = eig.eigenvalues.map(|l| l.max(0.0).sqrt());
-    let mut scaled = eig.eigenvectors.clone();
-    for (mut column, r) in scaled.column_iter_mut().zip(roots.iter()) {
-        column *= *r;
-    }
-    let sqrt_a = symmetrized(&scaled * eig.eigenvectors.transpose());
+    let eig = sa.self_adjoint_eigen(Side::Lower).map_err(failed)?;
+    let (v, l) = (eig.U(), eig.S().column_vector());
+    let scaled = Mat::<f64>::from_fn(n, n, |i, j| v[(i, j)] * l[j].max(0.0).sqrt());
+    let root = &scaled * v.transpose();
+    let sqrt_a = Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (root[(i, j)] + root[(j, i)]));
 
-    let m = symmetrized(&sqrt_a * &sb * &sqrt_a);
-    let eigenvalues = m.symmetric_eigenvalues();
+    let m = &sqrt_a * &sb * &sqrt_a;
+    let m = Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (m[(i, j)] + m[(j, i)]));
+    let eigenvalues = m.self_adjoint_eigenvalues(Side::Lower).map_err(failed)?;
     let trace_sqrt: f64 = eigenvalues.iter().map(|l| l.max(0.0).sqrt()).sum();
     if !trace_sqrt.is_finite() {
         return Err(MetricError::SquareRoot {
@@ -293,7 +298,8 @@ pub fn frechet_distance(
     }
 
     let mean_term: f64 = mu_a.iter().zip(mu_b).map(|(a, b)| (a - b) * (a - b)).sum();
-    let distance = mean_term + sa.trace() + sb.trace() - 2.0 * trace_sqrt;
+    let trace = |m: &Mat<f64>| (0..n).map(|i| m[(i, i)]).sum::<f64>();
+    let distance = mean_term + trace(&sa) + trace(&sb) - 2.0 * trace_sqrt;
     if !distance.is_finite() {
         return Err(MetricError::SquareRoot {
             detail: format!("distance = {distance}"),
@@ -305,10 +311,85 @@ pub fn frechet_distance(
     })
 }
 
-/// (M + M^T) / 2.
-fn symmetrized(m: DMatrix<f64>) -> DMatrix<f64> {
-    let t = m.transpose();
-    (m + t) * 0.5
+/// The Fréchet distance of two sets of feature rows (`[n_a, dim]`, `[n_b, dim]`, row-major)
+/// with fewer rows than dimensions, without any `dim x dim` decomposition: with centered rows
+/// `X_a`, `X_b`, `Tr sqrt(sigma_a sigma_b)` is the sum of the singular values of
+/// `X_a X_b^T / sqrt((n_a - 1)(n_b - 1))` (the nonzero eigenvalues of `sigma_a sigma_b` are those
+/// of that product times its transpose). The same number as [`frechet_distance`] on the rows'
+/// statistics, in milliseconds instead of seconds for 2048-d features and a few samples.
+///
+/// # Errors
+/// Fewer than 2 rows, inconsistent sizes, non-finite values.
+pub fn frechet_distance_of_rows(
+    rows_a: &[f64],
+    rows_b: &[f64],
+    dim: usize,
+) -> Result<FrechetDistance, MetricError> {
+    if dim == 0 {
+        return Err(MetricError::Empty {
+            what: "feature dimension",
+        });
+    }
+    let centered = |rows: &[f64], what: &'static str| -> Result<(Vec<f64>, usize), MetricError> {
+        check_len(what, rows.len() / dim * dim, rows.len())?;
+        let n = rows.len() / dim;
+        if n < 2 {
+            return Err(MetricError::TooFewSamples { count: n as u64 });
+        }
+        if rows.iter().any(|v| !v.is_finite()) {
+            return Err(MetricError::NonFinite { what });
+        }
+        let mut mean = vec![0f64; dim];
+        for r in rows.chunks_exact(dim) {
+            for (m, v) in mean.iter_mut().zip(r) {
+                *m += *v;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n as f64);
+        let mut c = rows.to_vec();
+        for r in c.chunks_exact_mut(dim) {
+            for (x, m) in r.iter_mut().zip(&mean) {
+                *x -= m;
+            }
+        }
+        Ok((c, n))
+    };
+    let (xa, na) = centered(rows_a, "rows_a")?;
+    let (xb, nb) = centered(rows_b, "rows_b")?;
+    let mean = |x: &[f64], n: usize| -> Vec<f64> {
+        let mut m = vec![0f64; dim];
+        for r in x.chunks_exact(dim) {
+            for (s, v) in m.iter_mut().zip(r) {
+                *s += *v;
+            }
+        }
+        m.into_iter().map(|s| s / n as f64).collect()
+    };
+    let (mu_a, mu_b) = (mean(rows_a, na), mean(rows_b, nb));
+    let mean_term: f64 = mu_a.iter().zip(&mu_b).map(|(a, b)| (a - b) * (a - b)).sum();
+    let trace = |x: &[f64], n: usize| x.iter().map(|v| v * v).sum::<f64>() / (n - 1) as f64;
+    faer::set_global_parallelism(faer::Par::Seq);
+    let scale = (((na - 1) * (nb - 1)) as f64).sqrt();
+    let cross = Mat::<f64>::from_fn(na, nb, |i, j| {
+        let (a, b) = (&xa[i * dim..(i + 1) * dim], &xb[j * dim..(j + 1) * dim]);
+        a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>() / scale
+    });
+    let singular = cross
+        .singular_values()
+        .map_err(|e| MetricError::SquareRoot {
+            detail: format!("singular values did not converge: {e:?}"),
+        })?;
+    let trace_sqrt: f64 = singular.iter().sum();
+    let distance = mean_term + trace(&xa, na) + trace(&xb, nb) - 2.0 * trace_sqrt;
+    if !distance.is_finite() {
+        return Err(MetricError::SquareRoot {
+            detail: format!("distance = {distance}"),
+        });
+    }
+    Ok(FrechetDistance {
+        distance,
+        trace_sqrt,
+    })
 }
 
 #[cfg(test)]

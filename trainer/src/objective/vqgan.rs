@@ -396,6 +396,7 @@ mod tests {
                 double_z: false,
             },
             quantizer: QuantizerConfig::Vq(VqConfig::new(8, 16)),
+            init_from: None,
         }
         .init::<B>(&device)
         .unwrap();

@@ -44,6 +44,22 @@ fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
 pub fn check_fid_inception(case: &Case) -> Result<(), String> {
     let io = ["input", "preprocessed", "pool3", "logits", "logits_is"];
     let dict = weights(case, &io)?;
+    // The shape table that tests use for random-weight files is the network's real one.
+    let mut table = models::fid_inception_shapes();
+    table.sort();
+    let mut file: Vec<(String, Vec<usize>)> = dict
+        .names()
+        .map(|n| {
+            (
+                n.to_string(),
+                dict.get(n).map(|e| e.shape.clone()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    file.sort();
+    if table != file {
+        return Err("models::fid_inception_shapes() differs from the case's weights".into());
+    }
     let net = FidInception::<B>::from_state_dict(&dict, &Default::default())
         .map_err(|e| e.to_string())?;
     let pre = FidInception::<B>::preprocess(tensor::<4>(case, "input")?);

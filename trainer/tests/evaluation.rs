@@ -1,0 +1,223 @@
+//! The evaluation end to end (`Trainer::evaluate`, what `launch eval` and `run.eval_every` run):
+//! a short real training run on images, then every metric of the report, with a FID Inception
+//! whose random weights this test writes and pins (real weights never exist offline), the same
+//! report again (same bits), the same numbers from two data-parallel workers, and a refused
+//! weight file whose sha256 is not the pinned one.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use burn::backend::{Autodiff, Flex};
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+use trainer::{
+    Communicator, Resume, TrainConfig, Trainer,
+    models::{StateDict, TensorEntry, fid_inception_shapes},
+    ring::{TcpRing, bind},
+};
+
+type B = Autodiff<Flex>;
+
+/// A FID Inception weight file with seeded random weights (Kaiming-normal convs, unit
+/// BatchNorm); returns its sha256.
+fn random_inception(path: &Path) -> String {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut normal = move || {
+        let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
+        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    };
+    let mut dict = StateDict::default();
+    for (name, shape) in fid_inception_shapes() {
+        let n: usize = shape.iter().product();
+        let fan_in: usize = shape.iter().skip(1).product();
+        let values: Vec<f32> = if name.ends_with("conv.weight") {
+            let s = (2.0 / fan_in as f32).sqrt();
+            (0..n).map(|_| normal() * s).collect()
+        } else if name.ends_with("bn.weight") || name.ends_with("running_var") {
+            vec![1.0; n]
+        } else if name.ends_with("bn.bias") {
+            (0..n).map(|_| normal() * 0.1).collect()
+        } else if name == "fc.weight" {
+            (0..n).map(|_| normal() * 0.05).collect()
+        } else {
+            vec![0.0; n]
+        };
+        dict.insert(name, TensorEntry { shape, values });
+    }
+    dict.save_safetensors(path).unwrap();
+    format!("{:x}", Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+fn synthetic_folder(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let img = image::GrayImage::from_fn(28, 28, |x, y| {
+            image::Luma([((x * (i as u32 % 5 + 1) + y * (i as u32 % 3 + 2)) % 256) as u8])
+        });
+        img.save(dir.join(format!("{i:03}.png"))).unwrap();
+    }
+}
+
+fn config(out: &Path, data: &Path, weights: &Path, sha: &str) -> TrainConfig {
+    let text = format!(
+        r#"
+[run]
+name = "e"
+output_dir = "{out}"
+seed = 5
+steps = 3
+batch_size = 4
+log_every = 1
+val_batches = 1
+checkpoint_every = 3
+
+[data]
+source = {{ kind = "image_folder", train = "{data}", val_fraction = 0.2, channels = 1 }}
+resolution = 28
+
+[model]
+kind = "peer"
+in_channels = 1
+
+[model.quantizer]
+kind = "vq"
+dim = 32
+codebook_size = 64
+estimator = "rotation"
+
+[objective]
+kind = "vqvae"
+reconstruction = "l1"
+clamp_output = true
+
+[optim]
+lr = 1e-3
+
+[eval]
+limit = 4
+is_splits = 2
+fid = {{ weights = "{weights}", sha256 = "{sha}" }}
+"#,
+        out = out.display(),
+        data = data.display(),
+        weights = weights.display(),
+    );
+    TrainConfig::from_toml(&text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf, PathBuf, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthetic_folder(&data, 30);
+    let weights = tmp.path().join("inception.safetensors");
+    let sha = random_inception(&weights);
+    (tmp, data, weights, sha)
+}
+
+#[test]
+fn evaluation_reports_every_metric_and_is_the_same_on_two_workers() {
+    let (tmp, data, weights, sha) = setup();
+    let cfg = config(tmp.path(), &data, &weights, &sha);
+    let mut t = Trainer::<B>::new(cfg.clone(), Default::default(), Resume::Never).unwrap();
+    t.run().unwrap();
+    let report = t.evaluate().unwrap();
+    let json = serde_json::to_value(&report).unwrap();
+    println!("{}", serde_json::to_string_pretty(&json).unwrap());
+    assert_eq!(report.samples, 4, "eval.limit");
+    assert!(report.mse > 0.0 && report.mse < 4.0);
+    assert!((report.psnr - 10.0 * (4.0 / report.mse).log10()).abs() < 1e-9);
+    assert!(
+        report.ssim > -1.0 && report.ssim < 1.0,
+        "ssim {}",
+        report.ssim
+    );
+    assert!(report.used_fraction > 0.0 && report.perplexity >= 1.0);
+    let fid = report.fid.expect("fid with pinned weights");
+    assert!(fid.is_finite() && fid > 0.0, "fid {fid}");
+    let is = report.is_mean.expect("is with pinned weights");
+    assert!(is >= 1.0 && is.is_finite(), "is {is}");
+    assert_eq!(report.fid_weights_sha256.as_deref(), Some(sha.as_str()));
+    assert!(report.fvd.is_none() && report.lpips.is_none());
+    let file = tmp.path().join("e/eval/step-00000003.json");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let written_fid = written["fid"].as_f64().unwrap();
+    assert!(
+        (written_fid - fid).abs() <= 1e-12 * fid,
+        "{written_fid} vs {fid}"
+    );
+
+    // Same weights, same report.
+    let again = t.evaluate().unwrap();
+    assert_eq!(again.fid, report.fid);
+    assert_eq!(again.ssim, report.ssim);
+    assert_eq!(again.mse, report.mse);
+
+    // Two data-parallel workers evaluating the checkpoint: the same numbers.
+    let bound: Vec<_> = (0..2).map(|_| bind("127.0.0.1").unwrap()).collect();
+    let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.1).collect();
+    let secret = trainer::RunSecret::random();
+    let handles: Vec<_> = bound
+        .into_iter()
+        .enumerate()
+        .map(|(r, (l, _))| {
+            let (addrs, mut cfg, secret) = (addrs.clone(), cfg.clone(), secret.clone());
+            cfg.run.name = "e-parallel".into();
+            let ckpt = tmp.path().join("e/checkpoints");
+            std::thread::spawn(move || {
+                let comm: Box<dyn Communicator> = Box::new(
+                    TcpRing::connect(r, 2, l, &addrs, &secret, Duration::from_secs(60)).unwrap(),
+                );
+                let mut t =
+                    Trainer::<B>::with_communicator(cfg, Default::default(), Resume::Never, comm)
+                        .unwrap();
+                let newest = std::fs::read_dir(&ckpt)
+                    .unwrap()
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_dir())
+                    .max()
+                    .unwrap();
+                t.load_checkpoint(&newest).unwrap();
+                t.evaluate().unwrap()
+            })
+        })
+        .collect();
+    let reports: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for r in &reports {
+        assert_eq!(r.samples, report.samples);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * (1.0 + b.abs());
+        assert!(close(r.mse, report.mse), "{} vs {}", r.mse, report.mse);
+        assert!(close(r.ssim, report.ssim));
+        assert!(close(r.fid.unwrap(), fid), "{:?} vs {fid}", r.fid);
+        assert!(close(r.is_mean.unwrap(), is));
+        assert_eq!(r.used_fraction, report.used_fraction);
+    }
+}
+
+#[test]
+fn a_metric_weight_file_that_is_not_the_pinned_one_is_refused() {
+    let (tmp, data, weights, sha) = setup();
+    let wrong = format!(
+        "{}{}",
+        &sha[..63],
+        if sha.ends_with('0') { "1" } else { "0" }
+    );
+    let cfg = config(tmp.path(), &data, &weights, &wrong);
+    let mut t = Trainer::<B>::new(cfg, Default::default(), Resume::Never).unwrap();
+    let err = t.evaluate().unwrap_err().to_string();
+    assert!(err.contains("eval.fid") && err.contains("sha256"), "{err}");
+    assert!(
+        err.contains(&sha),
+        "the message names the file's actual sha256: {err}"
+    );
+
+    let mut cfg = config(tmp.path(), &data, &weights, &sha);
+    if let Some(f) = &mut cfg.eval.fid {
+        f.weights = tmp.path().join("missing.safetensors");
+    }
+    let err = cfg.validate().unwrap_err();
+    assert_eq!(err.0, "eval.fid.weights", "{err:?}");
+}
