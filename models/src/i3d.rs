@@ -199,3 +199,52 @@ impl<B: Backend> I3d<B> {
         self.forward_preprocessed(Self::preprocess(frames, clips))
     }
 }
+
+/// Every tensor of the FVD I3D's state dict, `(name, shape)` (what [`I3d::from_state_dict`]
+/// reads; tests build random-weight files from it).
+pub fn i3d_shapes() -> Vec<(String, Vec<usize>)> {
+    let mut units: Vec<(String, Vec<usize>)> = vec![
+        ("Conv3d_1a_7x7".into(), vec![64, 3, 7, 7, 7]),
+        ("Conv3d_2b_1x1".into(), vec![64, 64, 1, 1, 1]),
+        ("Conv3d_2c_3x3".into(), vec![192, 64, 3, 3, 3]),
+    ];
+    let blocks: [(&str, [usize; 6]); 9] = [
+        ("Mixed_3b", [64, 96, 128, 16, 32, 32]),
+        ("Mixed_3c", [128, 128, 192, 32, 96, 64]),
+        ("Mixed_4b", [192, 96, 208, 16, 48, 64]),
+        ("Mixed_4c", [160, 112, 224, 24, 64, 64]),
+        ("Mixed_4d", [128, 128, 256, 24, 64, 64]),
+        ("Mixed_4e", [112, 144, 288, 32, 64, 64]),
+        ("Mixed_4f", [256, 160, 320, 32, 128, 128]),
+        ("Mixed_5b", [256, 160, 320, 32, 128, 128]),
+        ("Mixed_5c", [384, 192, 384, 48, 128, 128]),
+    ];
+    let mut cin = 192;
+    for (name, [c0, c1a, c1b, c2a, c2b, c3]) in blocks {
+        for (b, shape) in [
+            ("b0", [c0, cin, 1, 1, 1]),
+            ("b1a", [c1a, cin, 1, 1, 1]),
+            ("b1b", [c1b, c1a, 3, 3, 3]),
+            ("b2a", [c2a, cin, 1, 1, 1]),
+            ("b2b", [c2b, c2a, 3, 3, 3]),
+            ("b3b", [c3, cin, 1, 1, 1]),
+        ] {
+            units.push((format!("{name}.{b}"), shape.to_vec()));
+        }
+        cin = c0 + c1b + c2b + c3;
+    }
+    let mut out = Vec::new();
+    for (name, shape) in units {
+        let co = shape[0];
+        out.push((format!("{name}.conv3d.weight"), shape));
+        for p in ["weight", "bias", "running_mean", "running_var"] {
+            out.push((format!("{name}.bn.{p}"), vec![co]));
+        }
+    }
+    out.push((
+        "logits.conv3d.weight".into(),
+        vec![I3D_CLASSES, cin, 1, 1, 1],
+    ));
+    out.push(("logits.conv3d.bias".into(), vec![I3D_CLASSES]));
+    out
+}

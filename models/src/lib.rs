@@ -58,7 +58,7 @@ pub use fid_inception::{
     FID_CLASSES, FID_FEATURES, FID_INCEPTION_SIZE, FidInception, InceptionFeatures,
     fid_inception_shapes,
 };
-pub use i3d::{I3D_CLASSES, I3D_MIN_FRAMES, I3D_SIZE, I3d};
+pub use i3d::{I3D_CLASSES, I3D_MIN_FRAMES, I3D_SIZE, I3d, i3d_shapes};
 pub use lpips::{LPIPS_CHANNELS, LPIPS_HOWTO, Lpips, LpipsWeights};
 pub use peer_autoencoder::{PeerAutoencoder, PeerAutoencoderConfig};
 pub use quantizers;

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use trainer::{
     Communicator, Resume, TrainConfig, Trainer,
-    models::{StateDict, TensorEntry, fid_inception_shapes},
+    models::{StateDict, TensorEntry, fid_inception_shapes, i3d_shapes},
     ring::{TcpRing, bind},
 };
 
@@ -24,27 +24,33 @@ type B = Autodiff<Flex>;
 /// A FID Inception weight file with seeded random weights (Kaiming-normal convs, unit
 /// BatchNorm); returns its sha256.
 fn random_inception(path: &Path) -> String {
+    random_weights(path, fid_inception_shapes(), "fc.weight")
+}
+
+/// The same for a metric network's `(name, shape)` table; `head` is its final linear layer.
+fn random_weights(path: &Path, shapes: Vec<(String, Vec<usize>)>, head: &str) -> String {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut normal = move || {
         let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
         ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
     };
     let mut dict = StateDict::default();
-    for (name, shape) in fid_inception_shapes() {
+    for (name, shape) in shapes {
         let n: usize = shape.iter().product();
         let fan_in: usize = shape.iter().skip(1).product();
-        let values: Vec<f32> = if name.ends_with("conv.weight") {
-            let s = (2.0 / fan_in as f32).sqrt();
-            (0..n).map(|_| normal() * s).collect()
-        } else if name.ends_with("bn.weight") || name.ends_with("running_var") {
-            vec![1.0; n]
-        } else if name.ends_with("bn.bias") {
-            (0..n).map(|_| normal() * 0.1).collect()
-        } else if name == "fc.weight" {
-            (0..n).map(|_| normal() * 0.05).collect()
-        } else {
-            vec![0.0; n]
-        };
+        let values: Vec<f32> =
+            if name.ends_with("conv.weight") || (name.ends_with("conv3d.weight") && name != head) {
+                let s = (2.0 / fan_in as f32).sqrt();
+                (0..n).map(|_| normal() * s).collect()
+            } else if name.ends_with("bn.weight") || name.ends_with("running_var") {
+                vec![1.0; n]
+            } else if name.ends_with("bn.bias") {
+                (0..n).map(|_| normal() * 0.1).collect()
+            } else if name == head {
+                (0..n).map(|_| normal() * 0.05).collect()
+            } else {
+                vec![0.0; n]
+            };
         dict.insert(name, TensorEntry { shape, values });
     }
     dict.save_safetensors(path).unwrap();
@@ -220,4 +226,73 @@ fn a_metric_weight_file_that_is_not_the_pinned_one_is_refused() {
     }
     let err = cfg.validate().unwrap_err();
     assert_eq!(err.0, "eval.fid.weights", "{err:?}");
+}
+
+#[test]
+fn video_evaluation_reports_fvd_with_a_pinned_i3d() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = tmp.path().join("i3d.safetensors");
+    let sha = random_weights(&weights, i3d_shapes(), "logits.conv3d.weight");
+    let bair = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bair/softmotion30_44k");
+    let text = format!(
+        r#"
+[run]
+name = "v"
+output_dir = "{out}"
+seed = 1
+steps = 2
+batch_size = 2
+log_every = 1
+val_batches = 1
+checkpoint_every = 2
+
+[data]
+source = {{ kind = "bair", train = "{train}", val = "{val}" }}
+resolution = 16
+frames = 10
+
+[model]
+kind = "conv3d_vq"
+frames = 10
+n_hiddens = 8
+downsample = [2, 4, 4]
+embed_dim = 8
+norm_groups = 4
+
+[model.quantizer]
+kind = "vq"
+dim = 8
+codebook_size = 32
+
+[objective]
+kind = "vqvae"
+reconstruction = "mse"
+
+[optim]
+lr = 1e-3
+
+[eval]
+limit = 3
+fvd = {{ weights = "{weights}", sha256 = "{sha}" }}
+"#,
+        out = tmp.path().display(),
+        train = bair.join("train").display(),
+        val = bair.join("test").display(),
+        weights = weights.display(),
+    );
+    let cfg = TrainConfig::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
+    let mut t = Trainer::<B>::new(cfg, Default::default(), Resume::Never).unwrap();
+    t.train_until(2).unwrap();
+    let report = t.evaluate().unwrap();
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert_eq!((report.samples, report.frames), (3, 10));
+    let fvd = report.fvd.expect("fvd with a pinned I3D");
+    assert!(fvd.is_finite() && fvd > 0.0, "fvd {fvd}");
+    assert_eq!(report.fvd_weights_sha256.as_deref(), Some(sha.as_str()));
+    assert!(report.fid.is_none() && report.ssim > -1.0 && report.ssim < 1.0);
+    assert!(
+        report.notes.iter().any(|n| n.contains("fid")),
+        "{:?}",
+        report.notes
+    );
 }

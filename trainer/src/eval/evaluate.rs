@@ -231,7 +231,7 @@ pub fn evaluate<B: Backend>(
         }
         frames == 1
     });
-    if inputs.nets.fid.is_none() {
+    if inputs.nets.fid.is_none() && frames == 1 {
         notes.push(format!(
             "fid/is: eval.fid not configured ({METRIC_WEIGHTS_HOWTO})"
         ));

@@ -74,6 +74,21 @@ pub fn check_fid_inception(case: &Case) -> Result<(), String> {
 pub fn check_i3d(case: &Case) -> Result<(), String> {
     let io = ["video", "video_u8", "input", "logits"];
     let dict = weights(case, &io)?;
+    let mut table = models::i3d_shapes();
+    table.sort();
+    let mut file: Vec<(String, Vec<usize>)> = dict
+        .names()
+        .map(|n| {
+            (
+                n.to_string(),
+                dict.get(n).map(|e| e.shape.clone()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    file.sort();
+    if table != file {
+        return Err("models::i3d_shapes() differs from the case's weights".into());
+    }
     let net = I3d::<B>::from_state_dict(&dict, &Default::default()).map_err(|e| e.to_string())?;
     // [B, T, H, W, 3] -> frames [B*T, 3, H, W], clip-major as rotor's batches are.
     let video = tensor::<5>(case, "video")?;
