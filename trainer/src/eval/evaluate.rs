@@ -225,13 +225,10 @@ pub fn evaluate<B: Backend>(
     let per_rank = inputs.global_batch.div_ceil(world).max(1);
     let round = per_rank * world;
     let mut notes = Vec::new();
-    let fid = inputs.nets.fid.as_ref().filter(|_| {
-        if frames > 1 {
-            notes.push("fid/is: image metrics, not computed for clips (see fvd)".to_string());
-        }
-        frames == 1
-    });
-    if inputs.nets.fid.is_none() && frames == 1 {
+    let fid = inputs.nets.fid.as_ref().filter(|_| frames == 1);
+    if frames > 1 {
+        notes.push("fid/is: image metrics, not computed for clips (see fvd)".to_string());
+    } else if inputs.nets.fid.is_none() {
         notes.push(format!(
             "fid/is: eval.fid not configured ({METRIC_WEIGHTS_HOWTO})"
         ));
