@@ -1,13 +1,17 @@
 //! `launch eval`: the full evaluation of a trained model (`[eval]`: MSE, PSNR, SSIM, LPIPS,
 //! codebook usage, perplexity, quantization error, r-FID / r-IS / r-FVD with pinned weights) on
-//! its validation set, as one process on the chosen backend. The JSON report goes to the run
+//! its validation set, as one process on the chosen backend or data-parallel over CPU / wgpu
+//! workers (`--cpu N`, or as workers of torchrun / srun). The JSON report goes to the run
 //! directory (`eval/step-NNNNNNNN.json`) and to standard output.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
-use trainer::{Resume, TrainConfig, Trainer};
+use trainer::{Communicator, Resume, SingleProcess, TrainConfig, Trainer};
 
 use crate::worker::DeviceKind;
 
@@ -21,15 +25,18 @@ pub struct EvalArgs {
     pub checkpoint: Option<PathBuf>,
     /// At most this many validation samples (overrides `eval.limit`).
     pub limit: Option<usize>,
+    /// Seconds a rendezvous or collective may wait (workers).
+    pub timeout: u64,
 }
 
 fn evaluate_with<B: AutodiffBackend>(
     cfg: TrainConfig,
     device: B::Device,
     checkpoint: Option<&Path>,
+    comm: Box<dyn Communicator>,
 ) -> Result<serde_json::Value> {
     let run_dir = cfg.run_dir();
-    let mut trainer = Trainer::<B>::new(cfg, device, Resume::Auto)?;
+    let mut trainer = Trainer::<B>::with_communicator(cfg, device, Resume::Auto, comm)?;
     match checkpoint {
         Some(dir) => trainer
             .load_checkpoint(dir)
@@ -56,24 +63,38 @@ pub fn run(args: EvalArgs, device: DeviceKind) -> Result<()> {
         cfg.eval.limit = l;
     }
     let ckpt = args.checkpoint.as_deref();
+    // A worker of `launch eval --cpu N` (or of torchrun / srun): join the others' ring.
+    let worker =
+        crate::env::detect(&|k| std::env::var(k).ok()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let comm: Box<dyn Communicator> = match &worker {
+        Some(env) if matches!(device, DeviceKind::Cuda) => anyhow::bail!(
+            "rank {}: data-parallel `launch eval` runs on CPU or wgpu workers; on GPUs, evaluate              as one process, or with run.eval_every during training",
+            env.rank
+        ),
+        Some(env) => crate::worker::connect_ring(env, Duration::from_secs(args.timeout))?,
+        None => Box::new(SingleProcess),
+    };
+    let rank = worker.as_ref().map_or(0, |w| w.rank);
     let report = match device {
-        DeviceKind::Cpu => evaluate_with::<crate::Cpu>(cfg, Default::default(), ckpt)?,
+        DeviceKind::Cpu => evaluate_with::<crate::Cpu>(cfg, Default::default(), ckpt, comm)?,
         #[cfg(feature = "wgpu")]
         DeviceKind::Wgpu => {
             type Wgpu = burn::backend::Autodiff<trainer::quantizers::burn_wgpu::Wgpu>;
             let device = trainer::quantizers::burn_wgpu::WgpuDevice::default();
-            evaluate_with::<Wgpu>(cfg, device, ckpt)?
+            evaluate_with::<Wgpu>(cfg, device, ckpt, comm)?
         }
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
             type Gpu = burn::backend::Autodiff<burn::backend::Cuda>;
-            evaluate_with::<Gpu>(cfg, burn::backend::cuda::CudaDevice::new(0), ckpt)?
+            evaluate_with::<Gpu>(cfg, burn::backend::cuda::CudaDevice::new(0), ckpt, comm)?
         }
         #[allow(unreachable_patterns)]
         _ => anyhow::bail!(
             "this launch binary was built without that backend: rebuild with `--features wgpu` or `--features cuda`"
         ),
     };
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    if rank == 0 {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
     Ok(())
 }

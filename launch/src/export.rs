@@ -31,8 +31,13 @@ fn reference(kind: &AutoencoderKind) -> &'static str {
     }
 }
 
-/// The checkpoint to export: `given`, or the newest one of the run that verifies.
-fn choose_checkpoint(cfg: &TrainConfig, given: Option<&Path>) -> Result<PathBuf> {
+/// The checkpoint to `what` (export, encode with, ...): `given`, or the newest one of the run
+/// that verifies.
+pub(crate) fn choose_checkpoint(
+    cfg: &TrainConfig,
+    given: Option<&Path>,
+    what: &str,
+) -> Result<PathBuf> {
     if let Some(dir) = given {
         return Ok(dir.to_path_buf());
     }
@@ -40,7 +45,7 @@ fn choose_checkpoint(cfg: &TrainConfig, given: Option<&Path>) -> Result<PathBuf>
     match checkpoints.latest_valid() {
         Ok(Some((dir, _))) => Ok(dir),
         Ok(None) => bail!(
-            "{} has no checkpoint to export: train first, or name one with --checkpoint DIR",
+            "{} has no checkpoint to {what}: train first, or name one with --checkpoint DIR",
             checkpoints.dir().display()
         ),
         Err(rejected) => {
@@ -71,7 +76,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         );
     }
     let cfg = TrainConfig::load(&args.config, &args.overrides)?;
-    let dir = choose_checkpoint(&cfg, args.checkpoint.as_deref())?;
+    let dir = choose_checkpoint(&cfg, args.checkpoint.as_deref(), "export")?;
     let step = Checkpoints::verify(&dir).ok().map(|s| s.step);
     let device = Default::default();
     let model = Checkpoints::load_model::<burn::backend::Flex>(&cfg, &dir, &device)

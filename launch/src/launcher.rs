@@ -42,6 +42,9 @@ pub struct Group<'a> {
     pub gpus: bool,
     /// The backend of ring workers (`cpu`, or `wgpu` with `--device wgpu`).
     pub ring_device: &'static str,
+    /// Workers evaluate instead of training: the `eval` subcommand's own arguments
+    /// (`--checkpoint DIR`, `--limit N`).
+    pub eval: Option<&'a [String]>,
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -105,10 +108,15 @@ pub fn run(group: &Group) -> Result<()> {
             // Own process group: a terminal's Ctrl-C reaches only the launcher, which forwards
             // one SIGTERM (a second signal would make the workers exit without a checkpoint).
             cmd.process_group(0);
-            cmd.arg("--resume")
-                .arg(resume)
-                .arg("--timeout")
-                .arg(group.timeout_s.to_string());
+            cmd.arg("--timeout").arg(group.timeout_s.to_string());
+            match group.eval {
+                Some(args) => {
+                    cmd.arg("eval").args(args);
+                }
+                None => {
+                    cmd.arg("--resume").arg(resume);
+                }
+            }
             for o in group.overrides {
                 cmd.arg("--set").arg(o);
             }

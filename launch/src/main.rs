@@ -5,6 +5,8 @@
 //!     launch --sweep KEY=V1,V2 [...] CONFIG.toml                          one run per value, table
 //!     launch check-config CONFIG.toml / check-quantizer CONFIG.toml      validate only
 //!     launch export CONFIG.toml --out FILE.safetensors                    weights, reference names
+//!     launch encode CONFIG.toml --out DIR / decode CONFIG.toml --tokens DIR --out DIR   tokens
+//!     launch plot RUN_DIR... [--out FILE.png]                             curves of runs, overlaid
 //!
 //! When the environment says this process is one worker of a run (rotor's launcher, torchrun's
 //! RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, or SLURM's SLURM_PROCID/SLURM_NTASKS/...), `launch
@@ -19,10 +21,12 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod check_quantizer;
+mod encode;
 mod env;
 mod eval;
 mod export;
 mod launcher;
+mod plot;
 mod rendezvous;
 mod store;
 mod sweep;
@@ -107,6 +111,56 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Encode every sample of a split (index order, center crops, eval mode) to code indices:
+    /// integer shards OUT/shard-NNNNN.bin (u16, or u32 for codebooks over 65536 codes) and
+    /// OUT/manifest.json, the tokens of a stage-2 model. Resumable: rerun the same command and
+    /// finished shards (sha256-checked) are kept. One process on --device; no data parallelism.
+    Encode {
+        /// Training config (TOML) of the run.
+        config: PathBuf,
+        /// Checkpoint directory (default: the run's newest valid checkpoint).
+        #[arg(long, value_name = "DIR")]
+        checkpoint: Option<PathBuf>,
+        /// Token directory to write (new, or one this same command started).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Which samples: the training set (in index order, eval transform) or the validation set.
+        #[arg(long, value_enum, default_value = "train")]
+        split: encode::Split,
+        /// Samples per forward pass.
+        #[arg(long, default_value_t = 16, value_name = "N")]
+        batch: usize,
+        /// Samples per shard.
+        #[arg(long, default_value_t = trainer::tokens::DEFAULT_SHARD_SAMPLES, value_name = "N")]
+        shard_samples: usize,
+        /// Overrides, as for training.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Decode the shards of `launch encode` back to images (OUT/000000.png, ...) or clips (a PNG
+    /// strip of the frames and a GIF each), after checking that they fit the model.
+    Decode {
+        /// Training config (TOML) of the run.
+        config: PathBuf,
+        /// Checkpoint directory (default: the run's newest valid checkpoint).
+        #[arg(long, value_name = "DIR")]
+        checkpoint: Option<PathBuf>,
+        /// Token directory written by `launch encode`.
+        #[arg(long, value_name = "DIR")]
+        tokens: PathBuf,
+        /// Where the images go.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Decode at most this many samples (the first ones).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Samples per decoder pass.
+        #[arg(long, default_value_t = 16, value_name = "N")]
+        batch: usize,
+        /// Overrides, as for training.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Parse and validate a training config without training.
     CheckConfig {
         /// Training config (TOML).
@@ -127,6 +181,10 @@ enum Command {
         /// Evaluate at most this many validation samples (default: eval.limit, 0 = all).
         #[arg(long)]
         limit: Option<usize>,
+        /// Data-parallel over N CPU worker processes on this machine (each evaluates its share
+        /// of every round; the report is the same as one process's up to float rounding).
+        #[arg(long, value_name = "N")]
+        cpu: Option<usize>,
         /// Overrides, as for training.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -154,6 +212,16 @@ enum Command {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// Draw the training curves of one or several runs, overlaid, into one PNG: loss, codebook
+    /// usage, perplexity and validation PSNR over steps (from each RUN_DIR/metrics.jsonl).
+    Plot {
+        /// Run directories (each with a metrics.jsonl), e.g. runs/fm-rotation runs/fm-ste.
+        #[arg(required = true, value_name = "RUN_DIR")]
+        runs: Vec<PathBuf>,
+        /// The PNG file to write.
+        #[arg(long, value_name = "FILE.png", default_value = "plot.png")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -172,6 +240,15 @@ enum ResumeArg {
     Never,
     /// Start at step 0 from the newest intact model weights of a damaged run's checkpoints.
     Weights,
+}
+
+/// The backend a `--device` names.
+fn device_kind(device: DeviceArg) -> worker::DeviceKind {
+    match device {
+        DeviceArg::Cpu => worker::DeviceKind::Cpu,
+        DeviceArg::Cuda => worker::DeviceKind::Cuda,
+        DeviceArg::Wgpu => worker::DeviceKind::Wgpu,
+    }
 }
 
 /// The CPU training backend.
@@ -338,17 +415,48 @@ fn run() -> Result<()> {
                 config,
                 checkpoint,
                 limit,
+                cpu,
                 overrides,
             }),
             _,
         ) => {
             init_logs(None, false)?;
+            if let Some(n) = cpu.filter(|n| *n > 1) {
+                TrainConfig::load(&config, &overrides)?;
+                let mut args = Vec::new();
+                if let Some(c) = &checkpoint {
+                    args.push("--checkpoint".to_string());
+                    args.push(c.display().to_string());
+                }
+                if let Some(l) = limit {
+                    args.push("--limit".to_string());
+                    args.push(l.to_string());
+                }
+                return launcher::run(&launcher::Group {
+                    config: &config,
+                    overrides: &overrides,
+                    resume: "auto",
+                    nproc: n,
+                    nnodes: 1,
+                    node_rank: 0,
+                    master: None,
+                    max_restarts: 0,
+                    timeout_s: cli.timeout,
+                    gpus: false,
+                    ring_device: match cli.device {
+                        DeviceArg::Wgpu => "wgpu",
+                        _ => "cpu",
+                    },
+                    eval: Some(&args),
+                });
+            }
             eval::run(
                 eval::EvalArgs {
                     config,
                     overrides,
                     checkpoint,
                     limit,
+                    timeout: cli.timeout,
                 },
                 match cli.device {
                     DeviceArg::Cpu => worker::DeviceKind::Cpu,
@@ -420,6 +528,55 @@ fn run() -> Result<()> {
                 out,
             })
         }
+        (Some(Command::Plot { runs, out }), _) => plot::run(&runs, &out),
+        (
+            Some(Command::Encode {
+                config,
+                checkpoint,
+                out,
+                split,
+                batch,
+                shard_samples,
+                overrides,
+            }),
+            _,
+        ) => {
+            init_logs(None, false)?;
+            let args = encode::EncodeArgs {
+                config,
+                overrides,
+                checkpoint,
+                out,
+                split,
+                batch,
+                shard_samples,
+            };
+            encode::encode(args, device_kind(cli.device))
+        }
+        (
+            Some(Command::Decode {
+                config,
+                checkpoint,
+                tokens,
+                out,
+                limit,
+                batch,
+                overrides,
+            }),
+            _,
+        ) => {
+            init_logs(None, false)?;
+            let args = encode::DecodeArgs {
+                config,
+                overrides,
+                checkpoint,
+                tokens,
+                out,
+                limit,
+                batch,
+            };
+            encode::decode(args, device_kind(cli.device))
+        }
         (Some(Command::CheckConfig { config, overrides }), _) => {
             let cfg = TrainConfig::load(&config, &overrides)?;
             println!(
@@ -483,6 +640,7 @@ fn run() -> Result<()> {
                     DeviceArg::Wgpu => "wgpu",
                     _ => "cpu",
                 },
+                eval: None,
             })
         }
         (None, Some(config)) => train(config, cli.resume, cli.overrides, cli.timeout, cli.device),

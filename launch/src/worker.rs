@@ -140,6 +140,31 @@ fn train_with<B: burn::tensor::backend::AutodiffBackend>(
     })
 }
 
+/// A host-backend worker's ring with the other workers (rendezvous first).
+pub fn connect_ring(env: &WorkerEnv, timeout: Duration) -> Result<Box<dyn Communicator>> {
+    watch_launcher();
+    let mut joined = rendezvous::join(env, timeout)?;
+    let (listener, addrs) = rendezvous::ring_addresses(env, &mut joined)?;
+    let ring = TcpRing::connect(
+        env.rank,
+        env.world_size,
+        listener,
+        &addrs,
+        &joined.secret,
+        timeout,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(
+        "rank {}/{} ({}): ring connected, rendezvous {}:{}",
+        env.rank,
+        env.world_size,
+        env.source,
+        env.master_addr,
+        env.master_port
+    );
+    Ok(Box::new(ring))
+}
+
 /// Trains as one process (`env` is `None`) or as one worker of a run.
 pub fn run(
     cfg: TrainConfig,
@@ -165,30 +190,15 @@ pub fn run(
             ),
         };
     };
-    watch_launcher();
-    let mut joined = rendezvous::join(env, timeout)?;
     match device {
-        DeviceKind::Cuda => cuda::worker(cfg, env, &mut joined.store, resume, stop),
+        DeviceKind::Cuda => {
+            watch_launcher();
+            let mut joined = rendezvous::join(env, timeout)?;
+            cuda::worker(cfg, env, &mut joined.store, resume, stop)
+        }
         host => {
-            let (listener, addrs) = rendezvous::ring_addresses(env, &mut joined)?;
-            let ring = TcpRing::connect(
-                env.rank,
-                env.world_size,
-                listener,
-                &addrs,
-                &joined.secret,
-                timeout,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-            tracing::info!(
-                "rank {}/{} ({}): ring connected, rendezvous {}:{}",
-                env.rank,
-                env.world_size,
-                env.source,
-                env.master_addr,
-                env.master_port
-            );
-            train_host(host, cfg, resume, Box::new(ring), stop, started_by(env))
+            let ring = connect_ring(env, timeout)?;
+            train_host(host, cfg, resume, ring, stop, started_by(env))
         }
     }
 }

@@ -22,6 +22,7 @@ mod schedule;
 mod step_stats;
 pub mod tensorboard;
 pub use comm::sync;
+pub mod tokens;
 mod train;
 
 pub use auth::RunSecret;
