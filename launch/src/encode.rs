@@ -2,7 +2,10 @@
 //! as the integer shards a stage-2 generative model trains on (`trainer::tokens`), and those
 //! indices decoded back into images (PNG) or clips (a PNG strip of the frames and a GIF).
 //!
-//! One process on the chosen backend (`--device` before the subcommand); no data parallelism.
+//! One process on the chosen backend (`--device` before the subcommand), or data-parallel
+//! encoding over CPU / wgpu workers (`launch encode --cpu N`, or as workers of torchrun / srun):
+//! each worker encodes every `world`-th pending shard, the shards' indices are gathered to
+//! rank 0 (as exact small integers), which alone writes the shards and the manifest.
 //! Samples are read in index order with the evaluation transform (center crop, no flip); the
 //! model runs in eval mode. Encoding is resumable: rerun the same command and finished shards
 //! are kept.
@@ -15,7 +18,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use trainer::{
-    Checkpoints, TrainConfig,
+    Checkpoints, Communicator, SingleProcess, TrainConfig, TrainError,
     data::{Transform, load_batch, open_datasets},
     models::Autoencoder,
     quantizers::{
@@ -37,6 +40,11 @@ pub enum Split {
 }
 
 impl Split {
+    /// The command-line value.
+    pub fn as_arg(self) -> &'static str {
+        self.name()
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::Train => "train",
@@ -61,6 +69,8 @@ pub struct EncodeArgs {
     pub batch: usize,
     /// Samples per shard.
     pub shard_samples: usize,
+    /// Seconds a rendezvous or collective may wait (workers).
+    pub timeout: u64,
 }
 
 /// What to decode.
@@ -159,7 +169,12 @@ impl Progress {
     }
 }
 
-fn encode_with<B: Backend>(args: &EncodeArgs, device: B::Device) -> Result<()> {
+fn encode_with<B: Backend>(
+    args: &EncodeArgs,
+    device: B::Device,
+    mut comm: Box<dyn Communicator>,
+) -> Result<()> {
+    let (rank, world) = (comm.rank(), comm.world_size());
     if args.batch == 0 || args.shard_samples == 0 {
         bail!("--batch and --shard-samples must be at least 1");
     }
@@ -230,14 +245,31 @@ fn encode_with<B: Backend>(args: &EncodeArgs, device: B::Device) -> Result<()> {
         layout: LAYOUT.to_string(),
         shards: Vec::new(),
     };
-    let mut writer = TokenWriter::open(&args.out, header)
-        .with_context(|| format!("--out {}", args.out.display()))?;
-    let pending = writer.pending();
-    let kept = writer.manifest().num_shards() - pending.len();
-    let todo: usize = pending
-        .iter()
-        .map(|i| writer.manifest().shard_range(*i).len())
-        .sum();
+    if world > 1 && codebook_size > 1 << 24 {
+        bail!("data-parallel encoding gathers indices as floats: at most 2^24 codes");
+    }
+    // Rank 0 owns the directory; the others learn the pending shards from it.
+    let mut writer = if rank == 0 {
+        Some(
+            TokenWriter::open(&args.out, header.clone())
+                .with_context(|| format!("--out {}", args.out.display()))?,
+        )
+    } else {
+        None
+    };
+    let mut pending: Vec<usize> = writer.as_ref().map(|w| w.pending()).unwrap_or_default();
+    if world > 1 {
+        let mut count = [pending.len() as f32];
+        comm.broadcast(&mut count).map_err(TrainError::from)?;
+        let mut list: Vec<f32> = vec![0.0; count[0] as usize];
+        if rank == 0 {
+            list = pending.iter().map(|i| *i as f32).collect();
+        }
+        comm.broadcast(&mut list).map_err(TrainError::from)?;
+        pending = list.iter().map(|v| *v as usize).collect();
+    }
+    let kept = header.num_shards() - pending.len();
+    let todo: usize = pending.iter().map(|i| header.shard_range(*i).len()).sum();
     let at = step.map_or(String::new(), |s| format!(" (step {s})"));
     tracing::info!(
         "encoding the {} split ({}) with checkpoint {}{at} into {}: {todo} samples in {} shards \
@@ -247,37 +279,66 @@ fn encode_with<B: Backend>(args: &EncodeArgs, device: B::Device) -> Result<()> {
         dir.display(),
         args.out.display(),
         pending.len(),
-        writer.manifest().tokens_per_sample,
-        writer.manifest().dtype,
+        header.tokens_per_sample,
+        header.dtype,
     );
     let mut progress = Progress::new("encode", todo);
     let mut done = 0;
-    for i in pending {
-        let range = writer.manifest().shard_range(i);
-        let mut shard = Vec::with_capacity(range.len() * writer.manifest().tokens_per_sample);
-        let indices: Vec<usize> = range.collect();
-        for chunk in indices.chunks(args.batch) {
-            let batch = load_batch(set.as_ref(), &transform, chunk, cfg.data.workers)
-                .map_err(|e| anyhow!("reading samples {chunk:?}: {e}"))?;
-            let x = Tensor::<B, 4>::from_data(TensorData::new(batch.images, batch.shape), &device);
-            let maps = model.forward(x, Mode::Eval).encoded.index_maps();
-            let [b, l, h, w] = maps.dims();
-            if [b, l, h, w] != [chunk.len(), map[0], map[1], map[2]] {
-                bail!(
-                    "samples {chunk:?} gave index maps {:?}, expected {map:?} per sample",
-                    [b, l, h, w]
-                );
+    let slot = 1 + header.shard_samples * header.tokens_per_sample;
+    for round in pending.chunks(world) {
+        let mut mine = Vec::new();
+        if let Some(&i) = round.get(rank) {
+            mine = encode_shard(
+                &Job {
+                    model: &model,
+                    set: &*set,
+                    transform: &transform,
+                    batch: args.batch,
+                    workers: cfg.data.workers,
+                    map,
+                    device: &device,
+                },
+                header.shard_range(i),
+            )?;
+        }
+        let shards: Vec<(usize, Vec<u32>)> = if world == 1 {
+            round
+                .iter()
+                .map(|i| (*i, std::mem::take(&mut mine)))
+                .collect()
+        } else {
+            let mut buf = vec![0f32; world * slot];
+            if round.get(rank).is_some() {
+                buf[rank * slot] = 1.0;
+                for (b, t) in buf[rank * slot + 1..].iter_mut().zip(&mine) {
+                    *b = *t as f32;
+                }
             }
-            for v in read_i64(maps, HostRead::Eval) {
-                shard.push(u32::try_from(v).map_err(|_| anyhow!("code index {v} out of range"))?);
+            comm.all_reduce_sum(&mut buf).map_err(TrainError::from)?;
+            round
+                .iter()
+                .enumerate()
+                .map(|(r, i)| {
+                    let n = header.shard_range(*i).len() * header.tokens_per_sample;
+                    let s = &buf[r * slot + 1..r * slot + 1 + n];
+                    (*i, s.iter().map(|v| *v as u32).collect())
+                })
+                .collect()
+        };
+        for (i, tokens) in shards {
+            done += header.shard_range(i).len();
+            if let Some(w) = &mut writer {
+                w.write_shard(i, &tokens)
+                    .with_context(|| format!("writing shard {i} into {}", args.out.display()))?;
             }
-            done += chunk.len();
+        }
+        if rank == 0 {
             progress.update(done);
         }
-        writer
-            .write_shard(i, &shard)
-            .with_context(|| format!("writing shard {i} into {}", args.out.display()))?;
     }
+    let Some(writer) = writer else {
+        return Ok(());
+    };
     let m = writer.manifest();
     println!(
         "{}: {} {} samples in {} shards, {} {} tokens each (maps {:?}, codebook {}), from {}{at}; \
@@ -425,18 +486,65 @@ fn decode_with<B: Backend>(args: &DecodeArgs, device: B::Device) -> Result<()> {
     Ok(())
 }
 
+/// What encoding a shard needs.
+struct Job<'a, B: Backend> {
+    model: &'a Autoencoder<B>,
+    set: &'a dyn trainer::data::Dataset,
+    transform: &'a Transform,
+    batch: usize,
+    workers: usize,
+    map: [usize; 3],
+    device: &'a B::Device,
+}
+
+/// The code indices of the samples `range`, sample after sample.
+fn encode_shard<B: Backend>(job: &Job<B>, range: std::ops::Range<usize>) -> Result<Vec<u32>> {
+    let map = job.map;
+    let mut shard = Vec::with_capacity(range.len() * map.iter().product::<usize>());
+    let indices: Vec<usize> = range.collect();
+    for chunk in indices.chunks(job.batch) {
+        let batch = load_batch(job.set, job.transform, chunk, job.workers)
+            .map_err(|e| anyhow!("reading samples {chunk:?}: {e}"))?;
+        let x = Tensor::<B, 4>::from_data(TensorData::new(batch.images, batch.shape), job.device);
+        let maps = job.model.forward(x, Mode::Eval).encoded.index_maps();
+        let [b, l, h, w] = maps.dims();
+        if [b, l, h, w] != [chunk.len(), map[0], map[1], map[2]] {
+            bail!(
+                "samples {chunk:?} gave index maps {:?}, expected {map:?} per sample",
+                [b, l, h, w]
+            );
+        }
+        for v in read_i64(maps, HostRead::Eval) {
+            shard.push(u32::try_from(v).map_err(|_| anyhow!("code index {v} out of range"))?);
+        }
+    }
+    Ok(shard)
+}
+
 /// Runs `launch encode`.
 pub fn encode(args: EncodeArgs, device: DeviceKind) -> Result<()> {
+    // A worker of `launch encode --cpu N` (or of torchrun / srun): join the others' ring.
+    let worker = crate::env::detect(&|k| std::env::var(k).ok()).map_err(|e| anyhow!("{e}"))?;
+    let comm: Box<dyn Communicator> = match &worker {
+        Some(env) if matches!(device, DeviceKind::Cuda) => bail!(
+            "rank {}: data-parallel `launch encode` runs on CPU or wgpu workers; on a GPU, encode \
+             as one process",
+            env.rank
+        ),
+        Some(env) => crate::worker::connect_ring(env, Duration::from_secs(args.timeout))?,
+        None => Box::new(SingleProcess),
+    };
     match device {
-        DeviceKind::Cpu => encode_with::<burn::backend::Flex>(&args, Default::default()),
+        DeviceKind::Cpu => encode_with::<burn::backend::Flex>(&args, Default::default(), comm),
         #[cfg(feature = "wgpu")]
         DeviceKind::Wgpu => encode_with::<trainer::quantizers::burn_wgpu::Wgpu>(
             &args,
             trainer::quantizers::burn_wgpu::WgpuDevice::default(),
+            comm,
         ),
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
-            encode_with::<burn::backend::Cuda>(&args, burn::backend::cuda::CudaDevice::new(0))
+            encode_with::<burn::backend::Cuda>(&args, burn::backend::cuda::CudaDevice::new(0), comm)
         }
         #[allow(unreachable_patterns)]
         _ => bail!(

@@ -42,9 +42,9 @@ pub struct Group<'a> {
     pub gpus: bool,
     /// The backend of ring workers (`cpu`, or `wgpu` with `--device wgpu`).
     pub ring_device: &'static str,
-    /// Workers evaluate instead of training: the `eval` subcommand's own arguments
-    /// (`--checkpoint DIR`, `--limit N`).
-    pub eval: Option<&'a [String]>,
+    /// Workers run a subcommand instead of training: its name and own arguments (`eval
+    /// --limit 4`, `encode --out DIR ...`).
+    pub subcommand: Option<&'a [String]>,
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -109,9 +109,9 @@ pub fn run(group: &Group) -> Result<()> {
             // one SIGTERM (a second signal would make the workers exit without a checkpoint).
             cmd.process_group(0);
             cmd.arg("--timeout").arg(group.timeout_s.to_string());
-            match group.eval {
+            match group.subcommand {
                 Some(args) => {
-                    cmd.arg("eval").args(args);
+                    cmd.args(args);
                 }
                 None => {
                     cmd.arg("--resume").arg(resume);

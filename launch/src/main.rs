@@ -114,7 +114,7 @@ enum Command {
     /// Encode every sample of a split (index order, center crops, eval mode) to code indices:
     /// integer shards OUT/shard-NNNNN.bin (u16, or u32 for codebooks over 65536 codes) and
     /// OUT/manifest.json, the tokens of a stage-2 model. Resumable: rerun the same command and
-    /// finished shards (sha256-checked) are kept. One process on --device; no data parallelism.
+    /// finished shards (sha256-checked) are kept. One process on --device, or --cpu N workers.
     Encode {
         /// Training config (TOML) of the run.
         config: PathBuf,
@@ -133,6 +133,10 @@ enum Command {
         /// Samples per shard.
         #[arg(long, default_value_t = trainer::tokens::DEFAULT_SHARD_SAMPLES, value_name = "N")]
         shard_samples: usize,
+        /// Data-parallel over N CPU worker processes on this machine (each encodes every N-th
+        /// pending shard; rank 0 writes them all, so the directory is the same as one process's).
+        #[arg(long, value_name = "N")]
+        cpu: Option<usize>,
         /// Overrides, as for training.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -409,6 +413,12 @@ fn train(
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    if cli.command.is_some() && (cli.cpu.is_some() || cli.gpus.is_some()) {
+        anyhow::bail!(
+            "--cpu / --gpus before a subcommand start training workers: give `--cpu N` after \
+             `eval` or `encode` (e.g. `launch eval --cpu 2 CONFIG.toml`)"
+        );
+    }
     match (cli.command, cli.config) {
         (
             Some(Command::Eval {
@@ -423,7 +433,7 @@ fn run() -> Result<()> {
             init_logs(None, false)?;
             if let Some(n) = cpu.filter(|n| *n > 1) {
                 TrainConfig::load(&config, &overrides)?;
-                let mut args = Vec::new();
+                let mut args = vec!["eval".to_string()];
                 if let Some(c) = &checkpoint {
                     args.push("--checkpoint".to_string());
                     args.push(c.display().to_string());
@@ -447,7 +457,7 @@ fn run() -> Result<()> {
                         DeviceArg::Wgpu => "wgpu",
                         _ => "cpu",
                     },
-                    eval: Some(&args),
+                    subcommand: Some(&args),
                 });
             }
             eval::run(
@@ -537,11 +547,47 @@ fn run() -> Result<()> {
                 split,
                 batch,
                 shard_samples,
+                cpu,
                 overrides,
             }),
             _,
         ) => {
             init_logs(None, false)?;
+            if let Some(n) = cpu.filter(|n| *n > 1) {
+                TrainConfig::load(&config, &overrides)?;
+                let mut args: Vec<String> = vec![
+                    "encode".into(),
+                    "--out".into(),
+                    out.display().to_string(),
+                    "--split".into(),
+                    split.as_arg().into(),
+                    "--batch".into(),
+                    batch.to_string(),
+                    "--shard-samples".into(),
+                    shard_samples.to_string(),
+                ];
+                if let Some(c) = &checkpoint {
+                    args.push("--checkpoint".into());
+                    args.push(c.display().to_string());
+                }
+                return launcher::run(&launcher::Group {
+                    config: &config,
+                    overrides: &overrides,
+                    resume: "auto",
+                    nproc: n,
+                    nnodes: 1,
+                    node_rank: 0,
+                    master: None,
+                    max_restarts: 0,
+                    timeout_s: cli.timeout,
+                    gpus: false,
+                    ring_device: match cli.device {
+                        DeviceArg::Wgpu => "wgpu",
+                        _ => "cpu",
+                    },
+                    subcommand: Some(&args),
+                });
+            }
             let args = encode::EncodeArgs {
                 config,
                 overrides,
@@ -550,6 +596,7 @@ fn run() -> Result<()> {
                 split,
                 batch,
                 shard_samples,
+                timeout: cli.timeout,
             };
             encode::encode(args, device_kind(cli.device))
         }
@@ -640,7 +687,7 @@ fn run() -> Result<()> {
                     DeviceArg::Wgpu => "wgpu",
                     _ => "cpu",
                 },
-                eval: None,
+                subcommand: None,
             })
         }
         (None, Some(config)) => train(config, cli.resume, cli.overrides, cli.timeout, cli.device),

@@ -362,6 +362,47 @@ fn encode_writes_the_models_indices_and_decode_gives_its_reconstructions() {
             .len(),
         (train_set.len() * 64 * 2) as u64
     );
+
+    // Two data-parallel workers write the same directory, byte for byte, as one process.
+    let one = dir.join("tokens-one");
+    let two = dir.join("tokens-two");
+    let args = |out: &Path, cpu: Option<&'static str>| {
+        let mut a: Vec<String> = [
+            "encode",
+            cfg_s,
+            "--shard-samples",
+            "3",
+            "--batch",
+            "2",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push(out.to_str().unwrap().to_string());
+        if let Some(n) = cpu {
+            a.extend(["--cpu".to_string(), n.to_string()]);
+        }
+        a
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        launch_ok(&a)
+    };
+    run(args(&one, None));
+    run(args(&two, Some("2")));
+    let (a, b) = (
+        TokenManifest::read(&one).unwrap(),
+        TokenManifest::read(&two).unwrap(),
+    );
+    assert!(a.shards.len() >= 3, "several shards: {}", a.shards.len());
+    assert_eq!(a.shards, b.shards);
+    for s in &a.shards {
+        assert_eq!(
+            std::fs::read(one.join(&s.file)).unwrap(),
+            std::fs::read(two.join(&s.file)).unwrap()
+        );
+    }
 }
 
 /// Video: a 3-D conv VQGAN on BAIR clips of 4 frames; frame-major maps with 2 latent frames, a

@@ -3,7 +3,8 @@
 //! truncated to bytes (`(x*255).astype(uint8)`, as the sampling scripts do), each resized on its
 //! 0..255 values to 224x224 (bilinear, align_corners=False, no antialiasing), then `2x/255 - 1`.
 //! TF "SAME" padding is computed from each input size (the odd cell after), max-pools pad with
-//! zeros, BatchNorm eps is 1e-5 (folded into the convolutions on load), and the FVD embedding is
+//! zeros, BatchNorm eps is 1e-5 (VideoGPT's / TATS' copy of the network; piergiaj's original
+//! uses 1e-3; folded into the convolutions on load), and the FVD embedding is
 //! the 400 logits averaged over the remaining time positions.
 //!
 //! Weights come only from a file the user supplies (`i3d_pretrained_400.pt`, converted to
@@ -18,7 +19,7 @@ use crate::{
     folded_conv::{ConvBnRelu3d, WeightTaker, same_padding},
 };
 
-/// pytorch-i3d's BatchNorm3d eps (torch's default).
+/// The BatchNorm3d eps of VideoGPT's / TATS' `pytorch_i3d.py` (torch's default).
 const BN_EPS: f64 = 1e-5;
 
 /// The frames' side after preprocessing.

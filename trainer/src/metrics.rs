@@ -57,7 +57,8 @@ impl MetricsWriter {
             .append(true)
             .open(&path)
             .map_err(|e| TrainError::io(&path, e))?;
-        let tensorboard = TensorBoardWriter::open(&run_dir.join("tensorboard"))?;
+        let resumed_at = keep_until.filter(|s| *s > 0);
+        let tensorboard = TensorBoardWriter::open(&run_dir.join("tensorboard"), resumed_at)?;
         Ok(Self {
             path,
             file,

@@ -7,7 +7,8 @@
 //! Wire format (tensorflow/core/util/event.proto, summary.proto): `Event { double wall_time = 1;
 //! int64 step = 2; string file_version = 3; Summary summary = 5; }`, `Summary { repeated Value
 //! value = 1; }`, `Value { string tag = 1; float simple_value = 2; Image image = 4; }`,
-//! `Image { int32 height = 1; int32 width = 2; int32 colorspace = 3; bytes encoded_image_string = 4; }`.
+//! `Image { int32 height = 1; int32 width = 2; int32 colorspace = 3; bytes encoded_image_string = 4; }`,
+//! `SessionLog session_log = 7` of the event with `SessionLog { SessionStatus status = 1; }` (START = 1).
 
 use std::{
     fs::File,
@@ -87,8 +88,10 @@ fn image_value(tag: &str, png: &[u8], height: u32, width: u32, channels: u32) ->
 
 impl TensorBoardWriter {
     /// Creates a new event file in `dir` (a new file per process start: TensorBoard reads them
-    /// all, in order).
-    pub fn open(dir: &Path) -> Result<Self, TrainError> {
+    /// all, in order). `resumed_at`: the checkpoint step a resumed run continues from; a
+    /// `SessionLog START` event at the next step makes TensorBoard drop what the interrupted run
+    /// logged after it (steps about to be recomputed), as metrics.jsonl does.
+    pub fn open(dir: &Path, resumed_at: Option<usize>) -> Result<Self, TrainError> {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         let host = std::env::var("HOSTNAME")
             .ok()
@@ -106,6 +109,11 @@ impl TensorBoardWriter {
         let file = File::create(&path).map_err(|e| TrainError::io(&path, e))?;
         let mut w = Self { path, file };
         w.append(&event(0, |e| bytes_field(e, 3, b"brain.Event:2")))?;
+        if let Some(step) = resumed_at {
+            // SessionLog { status = START (1) } in Event field 7.
+            let start = [0x08, 0x01];
+            w.append(&event(step as i64 + 1, |e| bytes_field(e, 7, &start)))?;
+        }
         Ok(w)
     }
 

@@ -32,10 +32,10 @@ use rand::SeedableRng;
 use serde_json::json;
 
 use crate::{
-    Checkpoints, Communicator, ObjectiveConfig, SingleProcess, TrainConfig, TrainError,
+    Checkpoints, Communicator, SingleProcess, TrainConfig, TrainError,
     checkpoint::{RngState, TrainState},
     data::{Dataset, Loader, LoaderOptions, Transform, load_batch, open_datasets},
-    eval::{EvalInputs, EvalReport, MetricNets, evaluate, write_report},
+    eval::{EvalInputs, EvalReport, MetricNets, eval_lpips, evaluate, write_report},
     grad_norm::clip_global_norm,
     metrics::{MetricsWriter, psnr, save_clips_gif, save_grid},
     objective::{self, Inner, Objective},
@@ -352,6 +352,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         model = broadcast_module(comm.as_mut(), model)?;
         objective.broadcast(comm.as_mut())?;
         let quant_needs_init = model.quantizer().needs_init();
+        // The evaluation's networks are checked (sha256) and loaded now, not hours into the run.
+        let eval_nets = if cfg.run.eval_every > 0 {
+            Some((
+                MetricNets::load(&cfg.eval, &device)?,
+                eval_lpips::<B::InnerBackend>(&cfg, &device)?,
+            ))
+        } else {
+            None
+        };
         let metrics = if comm.rank() == 0 {
             Some(MetricsWriter::open(&run_dir, resumed_at.or(Some(0)))?)
         } else {
@@ -378,7 +387,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             objective,
             quant_needs_init,
             watch: None,
-            eval_nets: None,
+            eval_nets,
         })
     }
 
@@ -553,9 +562,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             {
                 self.validate_and_log()?;
             }
-            if self.cfg.run.eval_every > 0 && self.step.is_multiple_of(self.cfg.run.eval_every) {
-                self.evaluate_and_log()?;
-            }
             // Everyone stops at the same step when any worker was asked to. Agreeing is a
             // collective: a group agrees at logging and checkpoint steps only, one process at
             // every step.
@@ -574,6 +580,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                 tracing::info!("stop requested: checkpoint written at step {}", self.step);
                 self.stopped = true;
                 break;
+            }
+            // After the step's checkpoint (an evaluation error then loses nothing), and never
+            // once a stop was agreed (a preemption's grace period is for the checkpoint).
+            if self.cfg.run.eval_every > 0 && self.step.is_multiple_of(self.cfg.run.eval_every) {
+                self.evaluate_and_log()?;
             }
         }
         if let Some(bar) = bar {
@@ -918,14 +929,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn evaluate(&mut self) -> Result<EvalReport, TrainError> {
         if self.eval_nets.is_none() {
             let nets = MetricNets::load(&self.cfg.eval, &self.device)?;
-            let lpips = match &self.cfg.objective {
-                ObjectiveConfig::Vqgan(v) => Some(&v.lpips),
-                ObjectiveConfig::VitVqgan(v) => Some(&v.lpips),
-                _ => None,
-            }
-            .filter(|l| l.vgg16.is_some() && l.heads.is_some())
-            .map(|l| l.load::<B::InnerBackend>(&self.device))
-            .transpose()?;
+            let lpips = eval_lpips::<B::InnerBackend>(&self.cfg, &self.device)?;
             self.eval_nets = Some((nets, lpips));
         }
         let model = self.model().valid();
@@ -960,10 +964,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         if self.comm.rank() == 0 {
             let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
             tracing::info!(
-                "eval at step {}: psnr {:.2} dB, ssim {:.4}, lpips {}, r-FID {}, r-IS {}, r-FVD {}, codes used {:.1}%",
+                "eval at step {}: psnr {:.2} dB, ssim {}, lpips {}, r-FID {}, r-IS {}, r-FVD {}, codes used {:.1}%",
                 self.step,
                 report.psnr,
-                report.ssim,
+                opt(report.ssim),
                 opt(report.lpips),
                 opt(report.fid),
                 opt(report.is_mean),

@@ -42,7 +42,7 @@ batch_size = 4
 log_every = 1
 val_every = 2
 val_batches = 1
-checkpoint_every = 4
+checkpoint_every = 2
 
 [data]
 source = {{ kind = "image_folder", train = "{data}", val_fraction = 0.2, channels = 1 }}
@@ -67,7 +67,13 @@ lr = 1e-3
         data = data.display()
     );
     let cfg = TrainConfig::from_toml(&text).unwrap();
-    let mut t = Trainer::<B>::new(cfg, Default::default(), Resume::Never).unwrap();
+    // Interrupted after step 3 (checkpoint at 2), then resumed: step 3 is logged twice in the
+    // event files, and TensorBoard must keep only the resumed run's.
+    let mut t = Trainer::<B>::new(cfg.clone(), Default::default(), Resume::Never).unwrap();
+    t.train_until(3).unwrap();
+    drop(t);
+    let mut t = Trainer::<B>::new(cfg, Default::default(), Resume::Auto).unwrap();
+    assert_eq!(t.step(), 2);
     t.run().unwrap();
     let run = tmp.path().join("tb");
     let out = Command::new(&python)
@@ -109,6 +115,22 @@ lr = 1e-3
         }
     }
     assert!(expected > 20, "only {expected} scalars checked");
+    for (tag, events) in scalars {
+        let mut steps: Vec<i64> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e[0].as_i64().unwrap())
+            .collect();
+        let n = steps.len();
+        steps.dedup();
+        assert_eq!(
+            steps.len(),
+            n,
+            "{tag}: a step twice after the resume: {events}"
+        );
+    }
+    assert_eq!(scalars["train/loss"].as_array().unwrap().len(), 4);
     assert!(scalars.contains_key("train/loss") && scalars.contains_key("val/psnr"));
 
     // Sample grids at the validation steps, PNGs of the grid's size.

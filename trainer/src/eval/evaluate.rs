@@ -94,6 +94,22 @@ impl<B: Backend> MetricNets<B> {
     }
 }
 
+/// LPIPS for the evaluation: the objective's `lpips` files when both are configured.
+pub fn eval_lpips<B: Backend>(
+    cfg: &crate::TrainConfig,
+    device: &B::Device,
+) -> Result<Option<Lpips<B>>, TrainError> {
+    let weights = match &cfg.objective {
+        crate::ObjectiveConfig::Vqgan(v) => Some(&v.lpips),
+        crate::ObjectiveConfig::VitVqgan(v) => Some(&v.lpips),
+        _ => None,
+    };
+    Ok(weights
+        .filter(|l| l.vgg16.is_some() && l.heads.is_some())
+        .map(|l| l.load::<B>(device))
+        .transpose()?)
+}
+
 /// One evaluation's results (`null` for what was not computed; `notes` says why).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct EvalReport {
@@ -109,8 +125,9 @@ pub struct EvalReport {
     pub l1: f64,
     /// PSNR in dB of the mean squared error (peak-to-peak 2).
     pub psnr: f64,
-    /// Mean SSIM (scikit-image's Gaussian-window SSIM on `[0, 1]` images, per frame).
-    pub ssim: f64,
+    /// Mean SSIM (scikit-image's Gaussian-window SSIM on `[0, 1]` images, per frame; frames
+    /// must be at least 11x11).
+    pub ssim: Option<f64>,
     /// Mean LPIPS (VGG16), when `objective.lpips` is configured.
     pub lpips: Option<f64>,
     /// Fraction of the codebook used over the evaluated set.
@@ -167,6 +184,9 @@ const QE: usize = 3;
 const SSIM: usize = 4;
 const LPIPS: usize = 5;
 const SCALARS: usize = 6;
+
+/// SSIM's Gaussian window has 11 taps.
+const SSIM_MIN_SIDE: usize = 11;
 
 /// Fraction of codes used and perplexity of per-level histograms (`levels` of `k` codes).
 pub(crate) fn usage_figures(hist: &[u64], k: usize, levels: usize) -> (f64, f64) {
@@ -248,6 +268,12 @@ pub fn evaluate<B: Backend>(
     }
     if inputs.lpips.is_none() {
         notes.push("lpips: objective.lpips not configured".to_string());
+    }
+    let frame_side = inputs.transform.resolution;
+    if frame_side < SSIM_MIN_SIDE {
+        notes.push(format!(
+            "ssim: frames of {frame_side}x{frame_side}, the 11-tap window needs at least {SSIM_MIN_SIDE}"
+        ));
     }
     let fid_width = if fid.is_some() {
         2 * FID_FEATURES + FID_CLASSES
@@ -349,7 +375,7 @@ pub fn evaluate<B: Backend>(
         mse,
         l1: sums[L1] / m,
         psnr: crate::psnr(mse),
-        ssim: sums[SSIM] / m,
+        ssim: (frame_side >= SSIM_MIN_SIDE).then(|| sums[SSIM] / m),
         lpips: inputs.lpips.map(|_| sums[LPIPS] / m),
         used_fraction,
         perplexity,
@@ -475,7 +501,7 @@ fn evaluate_batch<B: Backend>(
             ab += d.abs();
         }
         let mut ssim_sum = 0f64;
-        for f in 0..t {
+        for f in (0..t).filter(|_| h >= SSIM_MIN_SIDE && w >= SSIM_MIN_SIDE) {
             let fa = frame_hwc(&a[f * frame..(f + 1) * frame], c, h, w);
             let fb = frame_hwc(&b[f * frame..(f + 1) * frame], c, h, w);
             ssim_sum += ssim(&fa, &fb, h, w, c)?.mean;

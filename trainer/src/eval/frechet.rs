@@ -271,8 +271,9 @@ pub fn frechet_distance(
         }
     }
 
-    // faer's blocked algorithms (a 2048-d eigendecomposition in seconds), one thread: the
-    // same bits on any machine load and thread count.
+    // faer's blocked algorithms (a 2048-d eigendecomposition in seconds), on one thread: the
+    // same bits whatever the load and thread count (faer's SIMD kernels are chosen per CPU, so
+    // two different CPUs may differ in the last bits).
     faer::set_global_parallelism(faer::Par::Seq);
     let sym = |v: &[f64]| Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (v[i * n + j] + v[j * n + i]));
     let (sa, sb) = (sym(sigma_a), sym(sigma_b));

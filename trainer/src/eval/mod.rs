@@ -10,7 +10,7 @@ mod ssim;
 
 pub(crate) use evaluate::usage_figures;
 pub use evaluate::{
-    EvalInputs, EvalReport, METRIC_WEIGHTS_HOWTO, MetricNets, evaluate, write_report,
+    EvalInputs, EvalReport, METRIC_WEIGHTS_HOWTO, MetricNets, eval_lpips, evaluate, write_report,
 };
 pub use frechet::{FeatureStats, FrechetDistance, frechet_distance, frechet_distance_of_rows};
 pub use inception_score::{InceptionScore, inception_score};
