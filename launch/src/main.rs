@@ -411,6 +411,36 @@ fn train(
     Ok(())
 }
 
+/// Runs `args` (a subcommand and its own arguments) as `n` data-parallel workers on this node
+/// (CPU, or wgpu with `--device wgpu`), through the launcher that starts training workers.
+fn subcommand_workers(
+    n: usize,
+    config: &std::path::Path,
+    overrides: &[String],
+    args: &[String],
+    timeout_s: u64,
+    device: DeviceArg,
+) -> Result<()> {
+    TrainConfig::load(config, overrides)?;
+    launcher::run(&launcher::Group {
+        config,
+        overrides,
+        resume: "auto",
+        nproc: n,
+        nnodes: 1,
+        node_rank: 0,
+        master: None,
+        max_restarts: 0,
+        timeout_s,
+        gpus: false,
+        ring_device: match device {
+            DeviceArg::Wgpu => "wgpu",
+            _ => "cpu",
+        },
+        subcommand: Some(args),
+    })
+}
+
 fn run() -> Result<()> {
     let cli = Cli::parse();
     if cli.command.is_some() && (cli.cpu.is_some() || cli.gpus.is_some()) {
@@ -432,7 +462,6 @@ fn run() -> Result<()> {
         ) => {
             init_logs(None, false)?;
             if let Some(n) = cpu.filter(|n| *n > 1) {
-                TrainConfig::load(&config, &overrides)?;
                 let mut args = vec!["eval".to_string()];
                 if let Some(c) = &checkpoint {
                     args.push("--checkpoint".to_string());
@@ -442,23 +471,7 @@ fn run() -> Result<()> {
                     args.push("--limit".to_string());
                     args.push(l.to_string());
                 }
-                return launcher::run(&launcher::Group {
-                    config: &config,
-                    overrides: &overrides,
-                    resume: "auto",
-                    nproc: n,
-                    nnodes: 1,
-                    node_rank: 0,
-                    master: None,
-                    max_restarts: 0,
-                    timeout_s: cli.timeout,
-                    gpus: false,
-                    ring_device: match cli.device {
-                        DeviceArg::Wgpu => "wgpu",
-                        _ => "cpu",
-                    },
-                    subcommand: Some(&args),
-                });
+                return subcommand_workers(n, &config, &overrides, &args, cli.timeout, cli.device);
             }
             eval::run(
                 eval::EvalArgs {
@@ -554,7 +567,6 @@ fn run() -> Result<()> {
         ) => {
             init_logs(None, false)?;
             if let Some(n) = cpu.filter(|n| *n > 1) {
-                TrainConfig::load(&config, &overrides)?;
                 let mut args: Vec<String> = vec![
                     "encode".into(),
                     "--out".into(),
@@ -570,23 +582,7 @@ fn run() -> Result<()> {
                     args.push("--checkpoint".into());
                     args.push(c.display().to_string());
                 }
-                return launcher::run(&launcher::Group {
-                    config: &config,
-                    overrides: &overrides,
-                    resume: "auto",
-                    nproc: n,
-                    nnodes: 1,
-                    node_rank: 0,
-                    master: None,
-                    max_restarts: 0,
-                    timeout_s: cli.timeout,
-                    gpus: false,
-                    ring_device: match cli.device {
-                        DeviceArg::Wgpu => "wgpu",
-                        _ => "cpu",
-                    },
-                    subcommand: Some(&args),
-                });
+                return subcommand_workers(n, &config, &overrides, &args, cli.timeout, cli.device);
             }
             let args = encode::EncodeArgs {
                 config,
