@@ -1,5 +1,5 @@
 //! The evaluation end to end (`Trainer::evaluate`, what `launch eval` and `run.eval_every` run):
-//! a short real training run on images, then every metric of the report, with a FID Inception
+//! a short real training run on Fashion-MNIST (the sample data), then every metric of the report, with a FID Inception
 //! whose random weights this test writes and pins (real weights never exist offline), the same
 //! report again (same bits), the same numbers from two data-parallel workers, and a refused
 //! weight file whose sha256 is not the pinned one.
@@ -57,16 +57,6 @@ fn random_weights(path: &Path, shapes: Vec<(String, Vec<usize>)>, head: &str) ->
     format!("{:x}", Sha256::digest(std::fs::read(path).unwrap()))
 }
 
-fn synthetic_folder(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        let img = image::GrayImage::from_fn(28, 28, |x, y| {
-            image::Luma([((x * (i as u32 % 5 + 1) + y * (i as u32 % 3 + 2)) % 256) as u8])
-        });
-        img.save(dir.join(format!("{i:03}.png"))).unwrap();
-    }
-}
-
 fn config(out: &Path, data: &Path, weights: &Path, sha: &str) -> TrainConfig {
     let text = format!(
         r#"
@@ -81,7 +71,7 @@ val_batches = 1
 checkpoint_every = 3
 
 [data]
-source = {{ kind = "image_folder", train = "{data}", val_fraction = 0.2, channels = 1 }}
+source = {{ kind = "fashion_mnist", train = "{data}/train-images-idx3-ubyte.gz", val = "{data}/t10k-images-idx3-ubyte.gz" }}
 resolution = 28
 
 [model]
@@ -116,8 +106,12 @@ fid = {{ weights = "{weights}", sha256 = "{sha}" }}
 
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf, String) {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    synthetic_folder(&data, 30);
+    // The sample data (scripts/fetch-data.sh, part of the README's test command).
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
+    assert!(
+        data.join("t10k-images-idx3-ubyte.gz").exists(),
+        "Fashion-MNIST missing: run scripts/fetch-data.sh first (the README's test command does)"
+    );
     let weights = tmp.path().join("inception.safetensors");
     let sha = random_inception(&weights);
     (tmp, data, weights, sha)
