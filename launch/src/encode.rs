@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use trainer::{
-    Checkpoints, Communicator, SingleProcess, TrainConfig, TrainError,
+    Checkpoints, Communicator, TrainConfig, TrainError,
     data::{Transform, load_batch, open_datasets},
     models::Autoencoder,
     quantizers::{
@@ -523,17 +523,9 @@ fn encode_shard<B: Backend>(job: &Job<B>, range: std::ops::Range<usize>) -> Resu
 
 /// Runs `launch encode`.
 pub fn encode(args: EncodeArgs, device: DeviceKind) -> Result<()> {
-    // A worker of `launch encode --cpu N` (or of torchrun / srun): join the others' ring.
-    let worker = crate::env::detect(&|k| std::env::var(k).ok()).map_err(|e| anyhow!("{e}"))?;
-    let comm: Box<dyn Communicator> = match &worker {
-        Some(env) if matches!(device, DeviceKind::Cuda) => bail!(
-            "rank {}: data-parallel `launch encode` runs on CPU or wgpu workers; on a GPU, encode \
-             as one process",
-            env.rank
-        ),
-        Some(env) => crate::worker::connect_ring(env, Duration::from_secs(args.timeout))?,
-        None => Box::new(SingleProcess),
-    };
+    // A worker of `launch encode --cpu N` (or of torchrun / srun) joins the others' ring.
+    let (comm, _) =
+        crate::worker::subcommand_comm(device, Duration::from_secs(args.timeout), "encode")?;
     match device {
         DeviceKind::Cpu => encode_with::<burn::backend::Flex>(&args, Default::default(), comm),
         #[cfg(feature = "wgpu")]

@@ -11,7 +11,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::Backend;
 use trainer::{
-    Checkpoints, Communicator, SingleProcess, TrainConfig,
+    Checkpoints, Communicator, TrainConfig,
     data::{Transform, open_datasets},
     eval::{EvalInputs, MetricNets, eval_lpips, evaluate, write_report},
 };
@@ -93,17 +93,9 @@ fn evaluate_with<B: Backend>(
 /// Runs the evaluation and prints the report (rank 0).
 pub fn run(args: EvalArgs, device: DeviceKind) -> Result<()> {
     let cfg = TrainConfig::load(&args.config, &args.overrides)?;
-    // A worker of `launch eval --cpu N` (or of torchrun / srun): join the others' ring.
-    let worker = crate::env::detect(&|k| std::env::var(k).ok()).map_err(|e| anyhow!("{e}"))?;
-    let comm: Box<dyn Communicator> = match &worker {
-        Some(env) if matches!(device, DeviceKind::Cuda) => bail!(
-            "rank {}: data-parallel `launch eval` runs on CPU or wgpu workers; on a GPU, evaluate \
-             as one process, or with run.eval_every during training",
-            env.rank
-        ),
-        Some(env) => crate::worker::connect_ring(env, Duration::from_secs(args.timeout))?,
-        None => Box::new(SingleProcess),
-    };
+    // A worker of `launch eval --cpu N` (or of torchrun / srun) joins the others' ring.
+    let (comm, _) =
+        crate::worker::subcommand_comm(device, Duration::from_secs(args.timeout), "eval")?;
     let report = match device {
         DeviceKind::Cpu => {
             evaluate_with::<burn::backend::Flex>(&args, cfg, Default::default(), comm)?

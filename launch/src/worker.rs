@@ -165,6 +165,27 @@ pub fn connect_ring(env: &WorkerEnv, timeout: Duration) -> Result<Box<dyn Commun
     Ok(Box::new(ring))
 }
 
+/// The communicator of a subcommand (`eval`, `encode`) that runs either as one process or as a
+/// worker started by `--cpu N`, torchrun or srun (CPU / wgpu workers only: `what` names the
+/// subcommand in the refusal on GPUs). Returns it and this process's rank.
+pub fn subcommand_comm(
+    device: DeviceKind,
+    timeout: Duration,
+    what: &str,
+) -> Result<(Box<dyn Communicator>, usize)> {
+    let worker =
+        crate::env::detect(&|k| std::env::var(k).ok()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match worker {
+        Some(env) if matches!(device, DeviceKind::Cuda) => anyhow::bail!(
+            "rank {}: data-parallel `launch {what}` runs on CPU or wgpu workers; on a GPU, run it \
+             as one process",
+            env.rank
+        ),
+        Some(env) => Ok((connect_ring(&env, timeout)?, env.rank)),
+        None => Ok((Box::new(trainer::SingleProcess), 0)),
+    }
+}
+
 /// Trains as one process (`env` is `None`) or as one worker of a run.
 pub fn run(
     cfg: TrainConfig,

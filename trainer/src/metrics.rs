@@ -88,6 +88,11 @@ impl MetricsWriter {
     }
 }
 
+/// A value in `[-1, 1]` as a byte (clamped), as every saved image maps it.
+pub fn value_to_byte(v: f32) -> u8 {
+    ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
+}
+
 /// PSNR in dB of images in `[-1, 1]` given their mean squared error (peak-to-peak 2).
 pub fn psnr(mse: f64) -> f64 {
     10.0 * (4.0 / mse.max(1e-12)).log10()
@@ -110,7 +115,7 @@ pub fn save_grid(
                 for x in 0..w {
                     let px = |ch: usize| {
                         let v = data[((i * c + ch) * h + y) * w + x];
-                        ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
+                        value_to_byte(v)
                     };
                     let rgb = if c == 1 {
                         [px(0); 3]
@@ -163,7 +168,7 @@ pub fn save_clips_gif(
                     for x in 0..w {
                         let px = |ch: usize| {
                             let v = data[((i * c + ch) * h + y) * w + x];
-                            ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
+                            value_to_byte(v)
                         };
                         let (r, g, b) = if c == 1 {
                             (px(0), px(0), px(0))

@@ -524,10 +524,7 @@ pub fn checkpoint_model_sha256(checkpoint: &Path) -> Result<String, TokenError> 
         })
 }
 
-/// A value in `[-1, 1]` as a byte (clamped; the mapping of the training sample grids).
-pub fn value_to_byte(v: f32) -> u8 {
-    ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
-}
+pub use crate::metrics::value_to_byte;
 
 /// Frame `f` of channels-first `values` (`[frames, c, h, w]`, `c` 1 or 3) as RGB.
 fn frame_rgb(values: &[f32], f: usize, [c, h, w]: [usize; 3]) -> image::RgbImage {

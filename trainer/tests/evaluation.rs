@@ -117,6 +117,15 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf, String) {
     (tmp, data, weights, sha)
 }
 
+fn newest_checkpoint(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .max()
+        .unwrap()
+}
+
 #[test]
 fn evaluation_reports_every_metric_and_is_the_same_on_two_workers() {
     let (tmp, data, weights, sha) = setup();
@@ -147,11 +156,43 @@ fn evaluation_reports_every_metric_and_is_the_same_on_two_workers() {
         "{written_fid} vs {fid}"
     );
 
-    // Same weights, same report.
-    let again = t.evaluate().unwrap();
-    assert_eq!(again.fid, report.fid);
-    assert_eq!(again.ssim, report.ssim);
-    assert_eq!(again.mse, report.mse);
+    // Same weights, same report: the same bits on 1 and on 3 threads, with other threads busy
+    // (the Inception's convolutions split into several tasks at 299x299).
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let busy = busy.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
+                x
+            })
+        })
+        .collect();
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut c = cfg.clone();
+        c.run.name = format!("e-threads-{threads}");
+        let again = pool.install(|| {
+            let mut t = Trainer::<B>::new(c, Default::default(), Resume::Never).unwrap();
+            t.load_checkpoint(&newest_checkpoint(&tmp.path().join("e/checkpoints")))
+                .unwrap();
+            t.evaluate().unwrap()
+        });
+        assert_eq!(again.fid, report.fid, "{threads} threads");
+        assert_eq!(again.is_mean, report.is_mean, "{threads} threads");
+        assert_eq!(again.ssim, report.ssim, "{threads} threads");
+        assert_eq!(again.mse, report.mse, "{threads} threads");
+    }
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    load.into_iter().for_each(|h| {
+        h.join().unwrap();
+    });
 
     // Two data-parallel workers evaluating the checkpoint: the same numbers.
     let bound: Vec<_> = (0..2).map(|_| bind("127.0.0.1").unwrap()).collect();
@@ -171,13 +212,7 @@ fn evaluation_reports_every_metric_and_is_the_same_on_two_workers() {
                 let mut t =
                     Trainer::<B>::with_communicator(cfg, Default::default(), Resume::Never, comm)
                         .unwrap();
-                let newest = std::fs::read_dir(&ckpt)
-                    .unwrap()
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.is_dir())
-                    .max()
-                    .unwrap();
-                t.load_checkpoint(&newest).unwrap();
+                t.load_checkpoint(&newest_checkpoint(&ckpt)).unwrap();
                 t.evaluate().unwrap()
             })
         })

@@ -203,14 +203,18 @@ pub(crate) fn usage_figures(hist: &[u64], k: usize, levels: usize) -> (f64, f64)
     (used, (entropy - (levels as f64).ln()).exp())
 }
 
-/// `[N, C, H, W]` in `[-1, 1]` -> `[N, 3, H, W]` in `[0, 1]`.
-fn to_unit_rgb<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let x = (x + 1.0) * 0.5;
+/// `[N, C, H, W]` with `C` 1 or 3 -> three channels (grayscale repeated).
+fn rgb<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     if x.dims()[1] == 1 {
         Tensor::cat(vec![x.clone(), x.clone(), x], 1)
     } else {
         x
     }
+}
+
+/// `[N, C, H, W]` in `[-1, 1]` -> `[N, 3, H, W]` in `[0, 1]` (Inception's and I3D's input).
+fn to_unit_rgb<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    rgb((x + 1.0) * 0.5)
 }
 
 /// CHW frame -> HWC in `[0, 1]`.
@@ -471,7 +475,7 @@ fn evaluate_batch<B: Backend>(
     let frame = c * h * w;
     let per_sample = t * frame;
     let lpips = inputs.lpips.map(|l| {
-        let d = l.forward(x.clone().expand_channels(), rec.clone().expand_channels());
+        let d = l.forward(rgb(x.clone()), rgb(rec.clone()));
         read_f32(d.reshape([nf]), HostRead::Eval)
     });
     let incep = fid.map(|(net, _)| {
@@ -536,21 +540,6 @@ fn evaluate_batch<B: Backend>(
         }
     }
     Ok(())
-}
-
-/// Grayscale to three channels (LPIPS's VGG takes RGB).
-trait ExpandChannels {
-    fn expand_channels(self) -> Self;
-}
-
-impl<B: Backend> ExpandChannels for Tensor<B, 4> {
-    fn expand_channels(self) -> Self {
-        if self.dims()[1] == 1 {
-            Tensor::cat(vec![self.clone(), self.clone(), self], 1)
-        } else {
-            self
-        }
-    }
 }
 
 /// Writes `report` as pretty JSON to `path` (atomically).

@@ -331,42 +331,34 @@ pub fn frechet_distance_of_rows(
             what: "feature dimension",
         });
     }
-    let centered = |rows: &[f64], what: &'static str| -> Result<(Vec<f64>, usize), MetricError> {
-        check_len(what, rows.len() / dim * dim, rows.len())?;
-        let n = rows.len() / dim;
-        if n < 2 {
-            return Err(MetricError::TooFewSamples { count: n as u64 });
-        }
-        if rows.iter().any(|v| !v.is_finite()) {
-            return Err(MetricError::NonFinite { what });
-        }
-        let mut mean = vec![0f64; dim];
-        for r in rows.chunks_exact(dim) {
-            for (m, v) in mean.iter_mut().zip(r) {
-                *m += *v;
+    // Centered rows and the column means.
+    let centered =
+        |rows: &[f64], what: &'static str| -> Result<(Vec<f64>, Vec<f64>, usize), MetricError> {
+            check_len(what, rows.len() / dim * dim, rows.len())?;
+            let n = rows.len() / dim;
+            if n < 2 {
+                return Err(MetricError::TooFewSamples { count: n as u64 });
             }
-        }
-        mean.iter_mut().for_each(|m| *m /= n as f64);
-        let mut c = rows.to_vec();
-        for r in c.chunks_exact_mut(dim) {
-            for (x, m) in r.iter_mut().zip(&mean) {
-                *x -= m;
+            if rows.iter().any(|v| !v.is_finite()) {
+                return Err(MetricError::NonFinite { what });
             }
-        }
-        Ok((c, n))
-    };
-    let (xa, na) = centered(rows_a, "rows_a")?;
-    let (xb, nb) = centered(rows_b, "rows_b")?;
-    let mean = |x: &[f64], n: usize| -> Vec<f64> {
-        let mut m = vec![0f64; dim];
-        for r in x.chunks_exact(dim) {
-            for (s, v) in m.iter_mut().zip(r) {
-                *s += *v;
+            let mut mean = vec![0f64; dim];
+            for r in rows.chunks_exact(dim) {
+                for (m, v) in mean.iter_mut().zip(r) {
+                    *m += *v;
+                }
             }
-        }
-        m.into_iter().map(|s| s / n as f64).collect()
-    };
-    let (mu_a, mu_b) = (mean(rows_a, na), mean(rows_b, nb));
+            mean.iter_mut().for_each(|m| *m /= n as f64);
+            let mut c = rows.to_vec();
+            for r in c.chunks_exact_mut(dim) {
+                for (x, m) in r.iter_mut().zip(&mean) {
+                    *x -= m;
+                }
+            }
+            Ok((c, mean, n))
+        };
+    let (xa, mu_a, na) = centered(rows_a, "rows_a")?;
+    let (xb, mu_b, nb) = centered(rows_b, "rows_b")?;
     let mean_term: f64 = mu_a.iter().zip(&mu_b).map(|(a, b)| (a - b) * (a - b)).sum();
     let trace = |x: &[f64], n: usize| x.iter().map(|v| v * v).sum::<f64>() / (n - 1) as f64;
     faer::set_global_parallelism(faer::Par::Seq);
