@@ -416,7 +416,7 @@ fn conv3d_case((n, ci, co, size, k, stride, pad, dilation, bias): Case3Row) {
 
 #[test]
 fn conv3d_matches_burn() {
-    let cases: [Case3Row; 13] = [
+    let cases: [Case3Row; 16] = [
         // 3x3x3, padding 1, odd sizes
         (2, 3, 4, [5, 6, 7], [3, 3, 3], [1; 3], [1; 3], 1, true),
         // batch 1, spatial stride 2 with a 4x4 kernel, no bias
@@ -440,6 +440,11 @@ fn conv3d_matches_burn() {
         (2, 32, 33, [4, 6, 7], [3, 3, 3], [1; 3], [1; 3], 1, true),
         (1, 33, 32, [5, 5, 6], [3, 3, 3], [1; 3], [0, 1, 1], 1, false),
         (2, 32, 32, [3, 4, 4], [1, 3, 3], [1; 3], [0, 0, 0], 1, true),
+        // Winograd with two blocks of tile rows (16 and 1), temporal padding 2 (more output
+        // frames than input), spatial padding 2
+        (1, 32, 32, [6, 34, 32], [3, 3, 3], [1; 3], [1; 3], 1, true),
+        (1, 32, 40, [2, 5, 4], [3, 3, 3], [1; 3], [2, 1, 1], 1, true),
+        (1, 40, 32, [3, 3, 5], [3, 3, 3], [1; 3], [1, 2, 2], 1, false),
     ];
     for row in cases {
         conv3d_case(row);

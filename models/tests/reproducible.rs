@@ -66,17 +66,29 @@ fn run_all(seed: u64) -> Vec<(String, Vec<u32>)> {
         let bias = conv.bias.as_ref().unwrap();
         out.push((format!("conv2d {i} db"), bits(bias.grad(&grads).unwrap())));
     }
-    // Conv3d: one task per sample.
-    let conv = Conv3dConfig::new([4, 6], [3, 3, 3])
-        .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
-        .init::<B>(&device);
-    let x = Tensor::<B, 5>::random([7, 4, 5, 9, 9], Distribution::Normal(0.0, 1.0), &device)
+    // Conv3d: one task per sample; vol2col (4 -> 6 channels) and Winograd (32+ channels).
+    for (i, (n, ci, co, size)) in [(7, 4, 6, [5, 9, 9]), (5, 32, 36, [4, 10, 9])]
+        .into_iter()
+        .enumerate()
+    {
+        let conv = Conv3dConfig::new([ci, co], [3, 3, 3])
+            .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+            .init::<B>(&device);
+        let x = Tensor::<B, 5>::random(
+            [n, ci, size[0], size[1], size[2]],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        )
         .require_grad();
-    let y = cpu::conv3d(&conv, x.clone());
-    let grads = y.clone().powi_scalar(2).sum().backward();
-    out.push(("conv3d output".into(), bits(y.detach())));
-    out.push(("conv3d dx".into(), bits(x.grad(&grads).unwrap())));
-    out.push(("conv3d dw".into(), bits(conv.weight.grad(&grads).unwrap())));
+        let y = cpu::conv3d(&conv, x.clone());
+        let grads = y.clone().powi_scalar(2).sum().backward();
+        out.push((format!("conv3d {i} output"), bits(y.detach())));
+        out.push((format!("conv3d {i} dx"), bits(x.grad(&grads).unwrap())));
+        out.push((
+            format!("conv3d {i} dw"),
+            bits(conv.weight.grad(&grads).unwrap()),
+        ));
+    }
     // GroupNorm + SiLU: per-block statistics, gamma/beta gradients summed in block order.
     let norm = GroupNormConfig::new(4, 16).init::<B>(&device);
     let x = Tensor::<B, 4>::random([9, 16, 12, 12], Distribution::Normal(0.5, 2.0), &device)

@@ -26,7 +26,7 @@ use super::tensor::{
     Cpu, Routed, ad_primitive, cast, contiguous, dims, flex_primitive, flex_tensor, from_vec,
     recycle_tensor, route, scratch, scratch_tensor, values,
 };
-use super::{conv_op, reduce};
+use super::{conv_op, reduce, winograd3d};
 
 /// Column-matrix floats per block of output rows (1 MiB).
 const BLOCK_FLOATS: usize = 1 << 18;
@@ -105,19 +105,19 @@ fn padding<B: Backend>(conv: &Conv3d<B>, [_, _, d, h, w]: [usize; 5]) -> Option<
 
 /// Sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
-struct Geom {
-    n: usize,
-    ci: usize,
+pub(super) struct Geom {
+    pub(super) n: usize,
+    pub(super) ci: usize,
     /// Input `[t, h, w]`.
-    size: [usize; 3],
-    co: usize,
-    kernel: [usize; 3],
-    stride: [usize; 3],
-    dilation: [usize; 3],
+    pub(super) size: [usize; 3],
+    pub(super) co: usize,
+    pub(super) kernel: [usize; 3],
+    pub(super) stride: [usize; 3],
+    pub(super) dilation: [usize; 3],
     /// Per side, both ends.
-    pad: [usize; 3],
+    pub(super) pad: [usize; 3],
     /// Output `[t, h, w]`.
-    out: [usize; 3],
+    pub(super) out: [usize; 3],
 }
 
 impl Geom {
@@ -165,7 +165,7 @@ impl Geom {
     }
 
     /// Input voxels per channel.
-    fn volume(&self) -> usize {
+    pub(super) fn volume(&self) -> usize {
         self.size.iter().product()
     }
 
@@ -275,6 +275,9 @@ fn weight_matrix(w: &FlexTensor, g: &Geom) -> FlexTensor {
 
 /// The convolution's output `[n, co, t_out, h_out, w_out]`.
 fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geom) -> FlexTensor {
+    if winograd3d::applies(g) {
+        return winograd3d::forward(x, w, b, g);
+    }
     let x = contiguous(x);
     let xs = values(&x);
     let wm = weight_matrix(w, g);
@@ -321,6 +324,8 @@ fn backward(
         None
     };
     let want_x = want_x && dx_conv.is_none();
+    let dw_winograd = (want_w && winograd3d::applies(g)).then(|| winograd3d::weight_grad(x, dy, g));
+    let want_w = want_w && dw_winograd.is_none();
     let x = contiguous(x);
     let xs = values(&x);
     let dy = contiguous(dy);
@@ -366,7 +371,9 @@ fn backward(
     let [t, h, w] = g.size;
     [
         dx_conv.or_else(|| dx.map(|v| from_vec(v, &[g.n, g.ci, t, h, w]))),
-        want_w.then(|| from_vec(dw, &[g.co, g.ci, kt, kh, kw])),
+        dw_winograd
+            .or(want_w.then_some(dw))
+            .map(|dw| from_vec(dw, &[g.co, g.ci, kt, kh, kw])),
         db,
     ]
 }

@@ -1,7 +1,8 @@
 //! rotor's own CPU kernels for the layers that dominate a training step on the CPU backend
 //! (`Autodiff<Flex>`, and plain `Flex` for evaluation): 2-D convolution (im2col + Flex's
 //! batched GEMM, forward and both backward products; Winograd F(2x2, 3x3) for 3x3 stride-1
-//! layers with 32+ channels), 3-D convolution (vol2col + GEMM, for video models), GELU and
+//! layers with 32+ channels), 3-D convolution (vol2col + GEMM, for video models; Winograd
+//! F(2x2, 3x3) in space with the three temporal taps in one GEMM for 3x3x3 stride-1 layers), GELU and
 //! SiLU, GroupNorm (optionally fused with SiLU), 2x2 max-pooling and nearest x2 upsampling.
 //! Each is ONE autodiff operation with its own backward, parallel over samples and channels
 //! with rayon, vectorized for the machine's SIMD width at run time (pulp).
@@ -23,6 +24,7 @@ mod simd;
 mod tensor;
 mod upsample;
 mod winograd;
+mod winograd3d;
 
 use std::cell::Cell;
 
