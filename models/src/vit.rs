@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     ModelError,
     attention::{linear_tokens, multi_head_attention},
+    cpu,
     weights::Naming,
     weights::TorchKey,
 };
@@ -222,6 +223,8 @@ pub struct VitTransformer<B: Backend> {
     pub layers: Vec<VitBlock<B>>,
     /// Final LayerNorm (`transformer.norm`).
     pub norm: LayerNorm<B>,
+    /// Epsilon of every LayerNorm of the stack (the config's `layer_norm_eps`).
+    pub eps: f64,
 }
 
 impl<B: Backend> VitTransformer<B> {
@@ -245,7 +248,11 @@ impl<B: Backend> VitTransformer<B> {
                 },
             })
             .collect();
-        Self { layers, norm: ln() }
+        Self {
+            layers,
+            norm: ln(),
+            eps,
+        }
     }
 
     /// `[B, N, dim]` -> `[B, N, dim]`.
@@ -253,7 +260,7 @@ impl<B: Backend> VitTransformer<B> {
         for block in &self.layers {
             let a = &block.attn;
             let h = multi_head_attention(
-                linear_tokens(&a.to_qkv, a.norm.forward(x.clone())),
+                linear_tokens(&a.to_qkv, cpu::layer_norm(&a.norm, self.eps, x.clone())),
                 a.heads,
                 a.dim_head,
             );
@@ -263,11 +270,12 @@ impl<B: Backend> VitTransformer<B> {
             };
             x = x + h;
             let f = &block.ff;
-            let h = linear_tokens(&f.fc1, f.norm.forward(x.clone())).tanh();
+            let h = linear_tokens(&f.fc1, cpu::layer_norm(&f.norm, self.eps, x.clone()));
+            let h = cpu::tanh(h);
             let h = linear_tokens(&f.fc2, h);
             x = x + h;
         }
-        self.norm.forward(x)
+        cpu::layer_norm(&self.norm, self.eps, x)
     }
 }
 

@@ -10,7 +10,7 @@ use burn::{
     backend::{Autodiff, Flex},
     module::{AutodiffModule, Param},
     nn::{
-        GroupNorm, GroupNormConfig, PaddingConfig2d, PaddingConfig3d,
+        GroupNorm, GroupNormConfig, LayerNormConfig, PaddingConfig2d, PaddingConfig3d,
         conv::{Conv2d, Conv2dConfig, Conv3d, Conv3dConfig},
     },
     tensor::{Distribution, Tensor, backend::Backend},
@@ -493,7 +493,19 @@ fn activations_match_burn() {
             cpu::silu,
             |_| -> [Tensor<Flex, 1>; 0] { [] },
         );
+        compare(
+            "tanh",
+            x.clone(),
+            shape,
+            cpu::tanh,
+            |_| -> [Tensor<Flex, 1>; 0] { [] },
+        );
         let xi = x.inner();
+        assert_close(
+            "tanh (plain)",
+            cpu::tanh(xi.clone()),
+            cpu::with_reference_ops(|| cpu::tanh(xi.clone())),
+        );
         assert_close(
             "gelu (plain)",
             cpu::gelu(xi.clone()),
@@ -513,6 +525,13 @@ fn activations_match_burn() {
         x.clone(),
         [1, 1, 2, 3],
         cpu::gelu,
+        |_| -> [Tensor<Flex, 1>; 0] { [] },
+    );
+    compare(
+        "tanh tails",
+        x.clone(),
+        [1, 1, 2, 3],
+        cpu::tanh,
         |_| -> [Tensor<Flex, 1>; 0] { [] },
     );
     compare(
@@ -613,4 +632,58 @@ fn reference_switch_is_scoped() {
     assert!(cpu::kernels_enabled());
     cpu::with_reference_ops(|| assert!(!cpu::kernels_enabled()));
     assert!(cpu::kernels_enabled());
+}
+
+#[test]
+fn attention_matches_burn() {
+    // (batch, tokens, heads, dim_head): several heads, one head, odd sizes, a single token.
+    for (b, n, h, dh) in [(2, 9, 3, 4), (3, 16, 1, 8), (1, 1, 2, 5), (2, 65, 4, 16)] {
+        let x = random([b, n, 3 * h * dh], 1.5);
+        compare(
+            &format!("attention b{b} n{n} h{h} dh{dh}"),
+            x.clone(),
+            [b, n, h * dh],
+            |x| cpu::multi_head_attention(x, h, dh),
+            |_| -> [Tensor<Flex, 1>; 0] { [] },
+        );
+        let xi = x.inner();
+        assert_close(
+            "attention (plain)",
+            cpu::multi_head_attention(xi.clone(), h, dh),
+            cpu::with_reference_ops(|| cpu::multi_head_attention(xi, h, dh)),
+        );
+    }
+}
+
+#[test]
+fn layer_norm_matches_burn() {
+    // Rows of 1, 7 and 256 features; 3 to 520 rows (several tasks of rows in the backward).
+    for (shape, eps) in [([2, 3, 7], 1e-5), ([4, 130, 256], 1e-6), ([1, 5, 1], 1e-5)] {
+        let d = shape[2];
+        let mut norm = LayerNormConfig::new(d)
+            .with_epsilon(eps)
+            .init::<B>(&Default::default());
+        norm.gamma = Param::from_tensor(random([d], 1.0).add_scalar(1.0));
+        norm.beta = Some(Param::from_tensor(random([d], 0.5)));
+        let x = random(shape, 2.0).add_scalar(0.7);
+        compare(
+            &format!("layer norm {shape:?}"),
+            x.clone(),
+            shape,
+            |x| cpu::layer_norm(&norm, eps, x),
+            |g| {
+                [
+                    norm.gamma.grad(g).expect("gamma gradient"),
+                    norm.beta.as_ref().unwrap().grad(g).expect("beta gradient"),
+                ]
+            },
+        );
+        let plain = norm.valid();
+        let xi = x.inner();
+        assert_close(
+            "layer norm (plain)",
+            cpu::layer_norm(&plain, eps, xi.clone()),
+            cpu::with_reference_ops(|| cpu::layer_norm(&plain, eps, xi)),
+        );
+    }
 }

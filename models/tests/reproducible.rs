@@ -8,7 +8,7 @@ use burn::{
     backend::{Autodiff, Flex},
     module::Param,
     nn::{
-        GroupNormConfig, PaddingConfig2d, PaddingConfig3d,
+        GroupNormConfig, LayerNormConfig, PaddingConfig2d, PaddingConfig3d,
         conv::{Conv2dConfig, Conv3dConfig},
     },
     tensor::{Distribution, Tensor, backend::Backend},
@@ -89,6 +89,24 @@ fn run_all(seed: u64) -> Vec<(String, Vec<u32>)> {
             bits(conv.weight.grad(&grads).unwrap()),
         ));
     }
+    // Attention (batched products over (batch, head)), LayerNorm (parameter gradients summed
+    // per task of rows), tanh: as in a ViT block.
+    let norm = LayerNormConfig::new(64).init::<B>(&device);
+    let x =
+        Tensor::<B, 3>::random([6, 50, 64], Distribution::Normal(0.3, 2.0), &device).require_grad();
+    let qkv = Tensor::<B, 2>::random([64, 3 * 64], Distribution::Normal(0.0, 0.2), &device)
+        .require_grad();
+    let h = cpu::layer_norm(&norm, 1e-5, x.clone());
+    let h = cpu::multi_head_attention(h.matmul(qkv.clone().unsqueeze()), 4, 16);
+    let y = cpu::tanh(h);
+    let grads = y.clone().powi_scalar(2).sum().backward();
+    out.push(("vit block output".into(), bits(y.detach())));
+    out.push(("vit block dx".into(), bits(x.grad(&grads).unwrap())));
+    out.push(("vit block dqkv".into(), bits(qkv.grad(&grads).unwrap())));
+    out.push((
+        "layer norm dgamma".into(),
+        bits(norm.gamma.grad(&grads).unwrap()),
+    ));
     // GroupNorm + SiLU: per-block statistics, gamma/beta gradients summed in block order.
     let norm = GroupNormConfig::new(4, 16).init::<B>(&device);
     let x = Tensor::<B, 4>::random([9, 16, 12, 12], Distribution::Normal(0.5, 2.0), &device)

@@ -2,8 +2,9 @@
 //! (`Autodiff<Flex>`, and plain `Flex` for evaluation): 2-D convolution (im2col + Flex's
 //! batched GEMM, forward and both backward products; Winograd F(2x2, 3x3) for 3x3 stride-1
 //! layers with 32+ channels), 3-D convolution (vol2col + GEMM, for video models; Winograd
-//! F(2x2, 3x3) in space with the three temporal taps in one GEMM for 3x3x3 stride-1 layers), GELU and
-//! SiLU, GroupNorm (optionally fused with SiLU), 2x2 max-pooling and nearest x2 upsampling.
+//! F(2x2, 3x3) in space with the three temporal taps in one GEMM for 3x3x3 stride-1 layers),
+//! multi-head attention over a fused qkv input, GELU, SiLU and tanh, LayerNorm, GroupNorm
+//! (optionally fused with SiLU), 2x2 max-pooling and nearest x2 upsampling.
 //! Each is ONE autodiff operation with its own backward, parallel over samples and channels
 //! with rayon, vectorized for the machine's SIMD width at run time (pulp).
 //!
@@ -14,10 +15,12 @@
 //! speed benchmark.
 
 mod activation;
+mod attention;
 mod conv2d;
 mod conv3d;
 mod conv_op;
 mod group_norm;
+mod layer_norm;
 mod pool;
 mod reduce;
 mod simd;
@@ -28,10 +31,12 @@ mod winograd3d;
 
 use std::cell::Cell;
 
-pub use activation::{gelu, silu};
+pub use activation::{gelu, silu, tanh};
+pub use attention::multi_head_attention;
 pub use conv2d::conv2d;
 pub use conv3d::conv3d;
 pub use group_norm::{group_norm, group_norm_silu};
+pub use layer_norm::layer_norm;
 pub use pool::max_pool2x2;
 pub use upsample::upsample_nearest2;
 
