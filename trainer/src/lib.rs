@@ -5,6 +5,7 @@
 //! warmup/decay, accumulation and global-norm clipping, the training loop ([`Trainer`]) with its
 //! data-parallel seams ([`Collective`]), validation, metrics and atomic checkpoints.
 
+mod adamw;
 pub mod auth;
 mod checkpoint;
 mod comm;

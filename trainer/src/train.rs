@@ -15,10 +15,7 @@ use std::{
 
 use burn::{
     module::AutodiffModule,
-    optim::{
-        AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer,
-        adaptor::OptimizerAdaptor,
-    },
+    optim::{GradientsAccumulator, GradientsParams, Optimizer, adaptor::OptimizerAdaptor},
     record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder},
     tensor::{Tensor, TensorData, backend::AutodiffBackend},
 };
@@ -33,6 +30,7 @@ use serde_json::json;
 
 use crate::{
     Checkpoints, Communicator, SingleProcess, TrainConfig, TrainError,
+    adamw::FusedAdamW,
     checkpoint::{RngState, TrainState},
     data::{Dataset, Loader, LoaderOptions, Transform, load_batch, open_datasets},
     eval::{EvalInputs, EvalReport, MetricNets, eval_lpips, evaluate, write_report},
@@ -59,7 +57,7 @@ pub enum Resume {
     Weights,
 }
 
-type Optim<B> = OptimizerAdaptor<AdamW, Autoencoder<B>, B>;
+type Optim<B> = OptimizerAdaptor<FusedAdamW, Autoencoder<B>, B>;
 
 /// Serializes seeding + drawing the initial weights from the backend's global RNG.
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -236,12 +234,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         B::seed(&device, cfg.run.seed);
         let mut model = cfg.model.init::<B>(&device)?;
         let o = &cfg.optim;
-        let mut optim = AdamWConfig::new()
-            .with_beta_1(o.betas[0])
-            .with_beta_2(o.betas[1])
-            .with_epsilon(o.eps)
-            .with_weight_decay(o.weight_decay)
-            .init::<B, Autoencoder<B>>();
+        let mut optim = FusedAdamW::new(o.betas, o.eps, o.weight_decay).init::<B, Autoencoder<B>>();
         let mut objective = objective::build::<B>(&cfg.objective, &cfg.optim, &device)?;
         objective.check_micro_batch(
             cfg.run.batch_size / world / cfg.optim.accumulate * cfg.data.frames,

@@ -4,7 +4,8 @@
 //! layers with 32+ channels), 3-D convolution (vol2col + GEMM, for video models; Winograd
 //! F(2x2, 3x3) in space with the three temporal taps in one GEMM for 3x3x3 stride-1 layers),
 //! multi-head attention over a fused qkv input, GELU, SiLU and tanh, LayerNorm, GroupNorm
-//! (optionally fused with SiLU), 2x2 max-pooling and nearest x2 upsampling.
+//! (optionally fused with SiLU), 2x2 max-pooling and nearest x2 upsampling; and the AdamW
+//! update as one pass.
 //! Each is ONE autodiff operation with its own backward, parallel over samples and channels
 //! with rayon, vectorized for the machine's SIMD width at run time (pulp).
 //!
@@ -15,6 +16,7 @@
 //! speed benchmark.
 
 mod activation;
+mod adamw;
 mod attention;
 mod conv2d;
 mod conv3d;
@@ -32,6 +34,7 @@ mod winograd3d;
 use std::cell::Cell;
 
 pub use activation::{gelu, silu, tanh};
+pub use adamw::{AdamWHyper, adamw_update};
 pub use attention::multi_head_attention;
 pub use conv2d::conv2d;
 pub use conv3d::conv3d;

@@ -11,10 +11,7 @@ use std::path::Path;
 
 use burn::{
     nn::conv::Conv2d,
-    optim::{
-        AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer,
-        adaptor::OptimizerAdaptor,
-    },
+    optim::{GradientsAccumulator, GradientsParams, Optimizer, adaptor::OptimizerAdaptor},
     tensor::{Tensor, activation, backend::AutodiffBackend},
 };
 use models::{Lpips, StyleGan2Discriminator, VqOutput};
@@ -24,10 +21,11 @@ use super::{
 };
 use crate::{
     Communicator, DiscLoss, OptimConfig, TrainError, VitVqganObjective,
+    adamw::FusedAdamW,
     comm::sync::{all_reduce_grads, broadcast_module},
 };
 
-type DiscOptim<B> = OptimizerAdaptor<AdamW, StyleGan2Discriminator<B>, B>;
+type DiscOptim<B> = OptimizerAdaptor<FusedAdamW, StyleGan2Discriminator<B>, B>;
 
 /// The logged terms: the generator's six, then the discriminator's four.
 const TERMS: [&str; 10] = [
@@ -48,7 +46,7 @@ pub(crate) struct VitGan<B: AutodiffBackend> {
     cfg: VitVqganObjective,
     disc: Option<StyleGan2Discriminator<B>>,
     optim: DiscOptim<B>,
-    optim_cfg: AdamWConfig,
+    optim_cfg: FusedAdamW,
     lpips: Option<Lpips<B>>,
     pairs: Vec<RealFake<B>>,
 }
@@ -64,15 +62,11 @@ impl<B: AutodiffBackend> VitGan<B> {
         } else {
             None
         };
-        let optim_cfg = AdamWConfig::new()
-            .with_beta_1(optim.betas[0])
-            .with_beta_2(optim.betas[1])
-            .with_epsilon(optim.eps)
-            .with_weight_decay(optim.weight_decay);
+        let optim_cfg = FusedAdamW::new(optim.betas, optim.eps, optim.weight_decay);
         Ok(Self {
             cfg: cfg.clone(),
             disc: Some(StyleGan2Discriminator::new(&cfg.discriminator, device)?),
-            optim: optim_cfg.init(),
+            optim: optim_cfg.clone().init(),
             optim_cfg,
             lpips,
             pairs: Vec::new(),
@@ -246,7 +240,7 @@ impl<B: AutodiffBackend> Objective<B> for VitGan<B> {
 
     fn load(&mut self, dir: &Path, device: &B::Device) -> Result<(), TrainError> {
         let disc = self.disc.take().expect("disc");
-        let (disc, optim) = load_discriminator(dir, disc, self.optim_cfg.init(), device)?;
+        let (disc, optim) = load_discriminator(dir, disc, self.optim_cfg.clone().init(), device)?;
         self.disc = Some(disc);
         self.optim = optim;
         Ok(())
