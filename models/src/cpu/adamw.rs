@@ -112,7 +112,12 @@ fn fused<const D: usize>(
     let t = time as i32;
     let (c1, c2) = (1f32 - b1.powi(t), 1f32 - b2.powi(t));
     let decay = lr * h.weight_decay as f64;
-    let keep = (1.0 - decay) as f32;
+    // p * 1.0 is p, bit for bit: one branch-free form for both cases.
+    let keep = if decay == 0.0 {
+        1.0
+    } else {
+        (1.0 - decay) as f32
+    };
     let lr32 = lr as f32;
     let n = ps.len();
     let (mut po, mut mo, mut vo) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
@@ -122,11 +127,12 @@ fn fused<const D: usize>(
         None => (zeros, zeros),
     };
     let first = mv.is_none();
-    // One element's update from its parameter, gradient and new moments.
-    let step = |p: f32, m: f32, v: f32| {
-        let d = (m / c1) / ((v / c2).sqrt() + eps);
-        let decayed = if decay == 0.0 { p } else { p * keep };
-        decayed - d * lr32
+    let k = Consts {
+        c1,
+        c2,
+        eps,
+        keep,
+        lr: lr32,
     };
     po.par_chunks_mut(CHUNK)
         .zip(mo.par_chunks_mut(CHUNK))
@@ -142,7 +148,7 @@ fn fused<const D: usize>(
                     if first {
                         for (((po, mo), vo), (&p, &g)) in out.zip(pc.iter().zip(gc)) {
                             let (m, v) = (g * f1, (g * g) * f2);
-                            (*po, *mo, *vo) = (step(p, m, v), m, v);
+                            (*po, *mo, *vo) = (k.step(p, m, v), m, v);
                         }
                     } else {
                         let (mc, vc) = (&ms[r.clone()], &vs[r.clone()]);
@@ -150,7 +156,7 @@ fn fused<const D: usize>(
                             out.zip(pc.iter().zip(gc).zip(mc.iter().zip(vc)))
                         {
                             let (m, v) = (m * b1 + g * f1, v * b2 + (g * g) * f2);
-                            (*po, *mo, *vo) = (step(p, m, v), m, v);
+                            (*po, *mo, *vo) = (k.step(p, m, v), m, v);
                         }
                     }
                 },
@@ -159,4 +165,25 @@ fn fused<const D: usize>(
     let dims = shape.dims::<D>();
     let make = |v: Vec<f32>| flex_tensor::<D>(super::tensor::from_vec(v, &dims));
     (make(po), make(mo), make(vo))
+}
+
+/// The per-element constants of one update.
+#[derive(Clone, Copy)]
+struct Consts {
+    /// Bias corrections `1 - b1^t`, `1 - b2^t`.
+    c1: f32,
+    c2: f32,
+    eps: f32,
+    /// `f32(1 - lr wd)`, or 1 without decay.
+    keep: f32,
+    lr: f32,
+}
+
+impl Consts {
+    /// One element's new value from its parameter and new moments.
+    #[inline(always)]
+    fn step(self, p: f32, m: f32, v: f32) -> f32 {
+        let d = (m / self.c1) / ((v / self.c2).sqrt() + self.eps);
+        p * self.keep - d * self.lr
+    }
 }
