@@ -156,6 +156,14 @@ pub struct DataConfig {
     /// Batches decoded ahead of the training loop.
     #[serde(default = "default_prefetch")]
     pub prefetch: usize,
+    /// MiB of decoded, resized training images kept in memory across epochs (folders of
+    /// images; the random crop and flip still run every time, so batches are the same with or
+    /// without it). 0 turns it off. Not part of the configuration's hash.
+    #[serde(
+        default = "default_cache_mb",
+        skip_serializing_if = "is_default_cache_mb"
+    )]
+    pub cache_mb: usize,
     /// Video sources: frames per clip (T). Images: 1. A batch of `B` clips reaches the model as
     /// `[B*T, C, H, W]` frames, clip-major (Hugging Face's `[B, T, C, H, W]` flattened).
     #[serde(default = "one_frame")]
@@ -180,6 +188,12 @@ fn default_workers() -> usize {
 }
 fn default_prefetch() -> usize {
     4
+}
+fn default_cache_mb() -> usize {
+    1024
+}
+fn is_default_cache_mb(v: &usize) -> bool {
+    *v == default_cache_mb()
 }
 
 /// Dataset kinds.

@@ -446,6 +446,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             workers: self.cfg.data.workers,
             prefetch: self.cfg.data.prefetch,
             seed: self.cfg.run.seed,
+            cache_bytes: self.cfg.data.cache_mb << 20,
         };
         let mut loader = Loader::start(
             self.train_set.clone(),

@@ -32,6 +32,7 @@ fn opts(batch: usize, global: usize, rank: usize, world: usize) -> LoaderOptions
         workers: 2,
         prefetch: 2,
         seed: 7,
+        cache_bytes: 0,
     }
 }
 
@@ -105,6 +106,37 @@ fn image_folder_loader_skips_corrupt_files_and_shards_by_rank() {
         from_16.next_batch().unwrap().images,
         fresh.next_batch().unwrap().images
     );
+}
+
+#[test]
+fn cached_samples_give_the_same_batches() {
+    // Two epochs and more of 12 readable images (resized, random crops and flips), without the
+    // cache, with one that holds everything, and with one that holds a few images.
+    let dir = tempfile::tempdir().unwrap();
+    make_folder(dir.path(), 12);
+    let ds: Arc<dyn Dataset> = Arc::new(ImageFolder::open(dir.path()).unwrap());
+    let t = Transform {
+        resolution: 24,
+        resize: Some(30),
+        random_crop: true,
+        flip: true,
+        channels: 3,
+    };
+    let batches = |cache_bytes: usize| {
+        let mut o = opts(5, 5, 0, 1);
+        o.cache_bytes = cache_bytes;
+        let mut loader = Loader::start(ds.clone(), t.clone(), o, 0);
+        let out: Vec<Vec<f32>> = (0..7).map(|_| loader.next_batch().unwrap().images).collect();
+        (out, loader.skipped())
+    };
+    let (plain, skipped) = batches(0);
+    assert_eq!(skipped, 1);
+    // A resized image is 33x30 RGB (2,970 bytes).
+    for budget in [64 << 20, 10_000] {
+        let (cached, skipped) = batches(budget);
+        assert_eq!(cached, plain, "cache of {budget} bytes");
+        assert_eq!(skipped, 1, "the broken file is still counted once");
+    }
 }
 
 #[test]

@@ -208,6 +208,7 @@ fn corrupt_bair_records_are_reported_counted_and_skipped() {
         workers: 2,
         prefetch: 2,
         seed: 5,
+        cache_bytes: 1 << 20,
     };
     let mut loader = Loader::start(std::sync::Arc::new(ds), transform, opts, 0);
     for _ in 0..4 {

@@ -36,6 +36,11 @@ pub trait Dataset: Send + Sync {
     fn sample(&self, index: usize, rng: &mut dyn RngCore) -> Result<Vec<DynamicImage>, String>;
     /// A short description (for logs).
     fn describe(&self) -> String;
+    /// Whether `sample(index, _)` depends on `index` alone (never on `rng`), so the loader may
+    /// keep its prepared frames ([`super::SampleCache`]).
+    fn cacheable(&self) -> bool {
+        false
+    }
 }
 
 /// IDX image files (Fashion-MNIST, MNIST), `.gz` or raw.
@@ -176,6 +181,10 @@ impl Dataset for ImageFolder {
 
     fn describe(&self) -> String {
         format!("{} ({} images)", self.root.display(), self.files.len())
+    }
+
+    fn cacheable(&self) -> bool {
+        true
     }
 }
 

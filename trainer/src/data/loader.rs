@@ -16,7 +16,7 @@ use std::{
 
 use rand::SeedableRng;
 
-use crate::data::{Dataset, Order, Transform};
+use crate::data::{Dataset, Order, SampleCache, Transform};
 
 /// A batch of samples, channels first, values in `[-1, 1]`; a batch of `B` clips of `T` frames
 /// is `B*T` frames, clip-major.
@@ -51,6 +51,8 @@ pub struct LoaderOptions {
     pub prefetch: usize,
     /// Seed of order and augmentation.
     pub seed: u64,
+    /// Bytes of prepared samples kept across epochs ([`SampleCache`]; 0: none).
+    pub cache_bytes: usize,
 }
 
 /// Unreadable samples seen so far (logged once each).
@@ -84,23 +86,36 @@ fn decode(
     dataset: &dyn Dataset,
     transform: &Transform,
     bad: &BadSamples,
+    cache: Option<&SampleCache>,
     index: usize,
     cursor: u64,
     seed: u64,
 ) -> Result<Vec<f32>, String> {
     let n = dataset.len();
+    let cache = cache.filter(|_| dataset.cacheable());
     for k in 0..n {
         let i = (index + k) % n;
         if bad.is_bad(i) {
             continue;
         }
         let mut rng = sample_rng(seed, cursor);
-        match dataset.sample(i, &mut rng) {
+        // (A cacheable dataset does not draw from `rng`: skipping `sample` leaves it as is.)
+        let frames = match cache.and_then(|c| c.get(i)) {
+            Some(frames) => Ok(frames),
+            None => dataset.sample(i, &mut rng).map(|frames| {
+                let prepared = frames.into_iter().map(|f| transform.prepare(f)).collect();
+                match cache {
+                    Some(c) => c.insert(i, prepared),
+                    None => Arc::new(prepared),
+                }
+            }),
+        };
+        match frames {
             Ok(frames) => {
                 // Every frame of a clip gets the same crop and flip.
                 let mut out = Vec::new();
-                for frame in frames {
-                    out.extend(transform.apply(frame, &mut rng.clone()));
+                for frame in frames.iter() {
+                    out.extend(transform.finish(frame, &mut rng.clone()));
                 }
                 return Ok(out);
             }
@@ -115,6 +130,7 @@ fn decode_all(
     dataset: &dyn Dataset,
     transform: &Transform,
     bad: &BadSamples,
+    cache: Option<&SampleCache>,
     items: &[(usize, u64)],
     workers: usize,
     seed: u64,
@@ -130,7 +146,7 @@ fn decode_all(
                 s.spawn(move || {
                     for (slot, (index, cursor)) in dst.chunks_mut(per).zip(its) {
                         slot.copy_from_slice(&decode(
-                            dataset, transform, bad, *index, *cursor, seed,
+                            dataset, transform, bad, cache, *index, *cursor, seed,
                         )?);
                     }
                     Ok(())
@@ -156,7 +172,7 @@ pub fn load_batch(
     let start = Instant::now();
     let items: Vec<(usize, u64)> = indices.iter().map(|i| (*i, *i as u64)).collect();
     let bad = BadSamples::default();
-    let images = decode_all(dataset, transform, &bad, &items, workers, 0)?;
+    let images = decode_all(dataset, transform, &bad, None, &items, workers, 0)?;
     Ok(Batch {
         images,
         shape: [
@@ -233,6 +249,8 @@ fn produce(
     bad: Arc<BadSamples>,
 ) {
     let mut order = Order::new(dataset.len(), opts.seed, true);
+    let cache =
+        (opts.cache_bytes > 0 && dataset.cacheable()).then(|| SampleCache::new(opts.cache_bytes));
     loop {
         let first = cursor + (opts.rank * opts.batch) as u64;
         let items: Vec<(usize, u64)> = (0..opts.batch as u64)
@@ -243,6 +261,7 @@ fn produce(
             dataset.as_ref(),
             &transform,
             &bad,
+            cache.as_ref(),
             &items,
             opts.workers,
             opts.seed,

@@ -31,6 +31,12 @@ impl Transform {
 
     /// `[channels * resolution * resolution]` values in `[-1, 1]`.
     pub fn apply(&self, img: DynamicImage, rng: &mut impl Rng) -> Vec<f32> {
+        self.finish(&self.prepare(img), rng)
+    }
+
+    /// The deterministic part: the resize of the shorter side (the image itself when none is
+    /// needed).
+    pub fn prepare(&self, img: DynamicImage) -> DynamicImage {
         let r = self.resolution as u32;
         let mut img = img;
         let (w, h) = (img.width(), img.height());
@@ -53,6 +59,12 @@ impl Transform {
             };
             img = img.resize_exact(nw, nh, FilterType::Triangle);
         }
+        img
+    }
+
+    /// The random part on a [`Transform::prepare`]d image: crop, flip, floats.
+    pub fn finish(&self, img: &DynamicImage, rng: &mut impl Rng) -> Vec<f32> {
+        let r = self.resolution as u32;
         let (w, h) = (img.width(), img.height());
         let (x0, y0) = if self.random_crop {
             (rng.random_range(0..=w - r), rng.random_range(0..=h - r))
