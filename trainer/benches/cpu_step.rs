@@ -121,7 +121,21 @@ fn line(w: &Workload, implementation: &str, r: &Rates) -> String {
 }
 
 /// Trains `warmup` steps, then `rounds` x `steps` timed steps.
+/// (On a thread of a rayon pool, as `launch` trains on the host backends.)
 fn measure(w: &Workload, rounds: usize) -> anyhow::Result<Rates> {
+    let pool = rayon::ThreadPoolBuilder::new().build()?;
+    // `with_reference_ops` is per thread: carry it to the pool's thread.
+    let reference = !trainer::models::cpu::kernels_enabled();
+    pool.install(|| {
+        if reference {
+            trainer::models::cpu::with_reference_ops(|| measure_here(w, rounds))
+        } else {
+            measure_here(w, rounds)
+        }
+    })
+}
+
+fn measure_here(w: &Workload, rounds: usize) -> anyhow::Result<Rates> {
     {
         let overrides = [
             "run.output_dir=\"target/bench-runs\"".to_string(),

@@ -126,7 +126,9 @@ fn cached_samples_give_the_same_batches() {
         let mut o = opts(5, 5, 0, 1);
         o.cache_bytes = cache_bytes;
         let mut loader = Loader::start(ds.clone(), t.clone(), o, 0);
-        let out: Vec<Vec<f32>> = (0..7).map(|_| loader.next_batch().unwrap().images).collect();
+        let out: Vec<Vec<f32>> = (0..7)
+            .map(|_| loader.next_batch().unwrap().images)
+            .collect();
         (out, loader.skipped())
     };
     let (plain, skipped) = batches(0);
