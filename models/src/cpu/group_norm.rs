@@ -150,7 +150,7 @@ fn forward(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, cfg: Cfg) -> (
 }
 
 /// Mean and reciprocal standard deviation (biased variance) of `v`, accumulated in f64.
-fn moments(v: &[f32], eps: f64) -> (f32, f32) {
+pub(super) fn moments(v: &[f32], eps: f64) -> (f32, f32) {
     let len = v.len().max(1) as f64;
     let mean = vectorized(
         #[inline(always)]

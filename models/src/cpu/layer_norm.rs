@@ -26,8 +26,9 @@ use burn::{
 use rayon::prelude::*;
 
 use super::{
+    group_norm::moments,
     reduce,
-    simd::{sum_f64, sum2_f64, vectorized},
+    simd::{sum2_f64, vectorized},
     tensor::{
         Cpu, Routed, ad_primitive, cast, contiguous, flex_primitive, flex_tensor, from_vec, route,
         values,
@@ -113,25 +114,6 @@ fn forward(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, eps: f64) -> (
         })
         .collect();
     (from_vec(out, x.layout().shape()), stats)
-}
-
-/// Mean and reciprocal standard deviation (biased variance) of `v`, accumulated in f64.
-fn moments(v: &[f32], eps: f64) -> (f32, f32) {
-    let len = v.len().max(1) as f64;
-    let mean = vectorized(
-        #[inline(always)]
-        || sum_f64(v, |a| a as f64),
-    ) / len;
-    let var = vectorized(
-        #[inline(always)]
-        || {
-            sum_f64(v, |a| {
-                let c = a as f64 - mean;
-                c * c
-            })
-        },
-    ) / len;
-    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
 }
 
 #[derive(Clone, Debug)]
