@@ -57,7 +57,7 @@ impl Estimator {
             Estimator::Ste => x.clone() + (q - x).detach(),
             Estimator::Rotation | Estimator::RotationUnscaled => {
                 let scaled = self == Estimator::Rotation;
-                match crate::cpu_rotation::try_rotation(x, q, scaled) {
+                match crate::fused_rotation::try_rotation(x, q, scaled) {
                     Ok(fused) => fused,
                     Err((x, q)) => generic_rotation(x, q, scaled),
                 }

@@ -19,9 +19,12 @@
 mod any;
 mod config;
 mod cpu_rotation;
+#[cfg(feature = "wgpu")]
+mod cube_rotation;
 mod error;
 mod estimator;
 mod fsq;
+mod fused_rotation;
 pub mod host;
 mod init;
 mod kmeans;
