@@ -13,6 +13,8 @@
 #               (or on wgpu with --device wgpu)
 #   train       a small VQGAN (discriminator, no LPIPS weights offline) for N steps at world size 1
 #               through NCCL, then the same run stopped at N/2 and resumed: figures compared
+#   bf16        the train step's run again with run.precision = "bf16" (mixed precision): its
+#               losses against the f32 run's, its loss falling, its speed as a ratio to f32
 #   launcher    `launch --gpus 1` (the launcher spawning its NCCL worker), 4 steps
 #   throughput  the taming f16 VQ autoencoder's training step (bench/vqgan_f16.toml) on the GPU
 #               against PyTorch eager running taming's own modules on the same GPU
@@ -38,7 +40,7 @@ steps=50
 python="${PYTHON:-python3}"
 dry=0
 tiny=0
-all_steps="env golden train launcher throughput estimators"
+all_steps="env golden train bf16 launcher throughput estimators"
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -236,6 +238,35 @@ fig = {"steps": steps, "rec_first_quarter": first, "rec_last_quarter": last, "re
 print(json.dumps(fig))
 # The loss must fall over a run of 20 steps or more (a 4-step run only checks the resume).
 ok = (last < first or steps < 20) and worst <= 1e-3 and reads == 0
+sys.exit(0 if ok else 1)
+PY
+}
+
+step_bf16() {
+  [ "$device" = cuda ] || { echo "skipped: wgpu has no bf16 type (rotor refuses run.precision = \"bf16\" there)"; return 3; }
+  local bin
+  bin="$(launch_bin)" || { echo "launch missing from $bundle"; return 1; }
+  local f="$work/train-full/runs/g/metrics.jsonl" d="$work/bf16"
+  [ -f "$f" ] || { echo "needs the train step's f32 run (run it first: --only train,bf16)"; return 1; }
+  mkdir -p "$d"
+  write_vqgan "$d" "$steps"
+  sed -i 's/^\[run\]$/[run]\nprecision = "bf16"/' "$d/vqgan.toml"
+  "$bin" $(gpu_args) "$d/vqgan.toml" --resume never > "$d/log" 2>&1 || { tail -20 "$d/log"; return 1; }
+  "$python" - "$f" "$d/runs/g/metrics.jsonl" "$steps" <<'PY'
+import json, sys
+load = lambda p: [json.loads(l) for l in open(p) if '"split"' not in l]
+f32, bf16, steps = load(sys.argv[1]), load(sys.argv[2]), int(sys.argv[3])
+assert len(bf16) == steps, f"{len(bf16)} records, want {steps}"
+q = max(1, steps // 4)
+first = sum(r["rec"] for r in bf16[:q]) / q
+last = sum(r["rec"] for r in bf16[-q:]) / q
+rel0 = abs(bf16[0]["loss"] - f32[0]["loss"]) / abs(f32[0]["loss"])
+worst = max(abs(a["rec"] - b["rec"]) / abs(b["rec"]) for a, b in zip(bf16, f32))
+speed = bf16[-1]["steps_per_s"] / f32[-1]["steps_per_s"]
+print(json.dumps({"first_loss_rel_diff": rel0, "rec_max_rel_diff": worst, "rec_first_quarter": first,
+                  "rec_last_quarter": last, "speed_vs_f32": speed,
+                  "host_reads_per_step_max": max(r["host_reads_per_step"] for r in bf16)}))
+ok = rel0 <= 0.03 and (last < first or steps < 20) and all(r["loss"] == r["loss"] for r in bf16)
 sys.exit(0 if ok else 1)
 PY
 }

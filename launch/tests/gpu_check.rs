@@ -61,6 +61,7 @@ fn a_dry_run_writes_the_report_with_every_step_planned() {
             "env",
             "golden",
             "train",
+            "bf16",
             "launcher",
             "throughput",
             "estimators"

@@ -308,6 +308,34 @@ fn a_small_vqgan_trains_its_discriminator_on_wgpu() {
     );
 }
 
+/// WGSL and SPIR-V through wgpu have no bf16 type: mixed precision is refused before training,
+/// naming the key and the way out, and nothing is written.
+#[test]
+fn bf16_precision_is_refused_on_wgpu_naming_the_key() {
+    require_vulkan();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = vqvae(tmp.path(), 2);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replacen("[run]\n", "[run]\nprecision = \"bf16\"\n", 1),
+    )
+    .unwrap();
+    let out = Command::new(exe())
+        .args(["--device", "wgpu", "--resume", "never"])
+        .arg(&cfg)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "bf16 on wgpu was accepted: {err}");
+    assert!(
+        err.contains("run.precision") && err.contains("f32") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("runs/w/checkpoints").exists());
+}
+
 /// scripts/gpu-check.sh's training step (the VQGAN run, its resume and the figures it reports)
 /// through the wgpu backend: what it does on a GPU, checked before any GPU minute is spent.
 #[test]

@@ -36,6 +36,7 @@ mod i3d;
 mod lpips;
 pub mod norm;
 mod peer_autoencoder;
+pub mod precision;
 mod state_dict;
 mod stylegan2;
 mod timesformer;

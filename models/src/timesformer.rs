@@ -242,7 +242,10 @@ impl<B: Backend> TsLayer<B> {
         let seq = patches.clone().reshape([b * n, t, d]);
         let r = self
             .temporal_attention
-            .forward(self.temporal_layernorm.forward(seq));
+            .forward(crate::precision::layer_norm_f32(
+                &self.temporal_layernorm,
+                seq,
+            ));
         let r = linear_tokens(&self.temporal_dense, r.reshape([b, n * t, d]));
         let patches = patches + r;
         // 2. Spatial attention over [cls, the N patches] of each frame.
@@ -253,7 +256,10 @@ impl<B: Backend> TsLayer<B> {
             .reshape([b * t, n, d]);
         let cls_rep = cls.clone().expand([b, t, d]).reshape([b * t, 1, d]);
         let seq = Tensor::cat(vec![cls_rep, frames], 1);
-        let r = self.attention.forward(self.layernorm_before.forward(seq)); // [B*T, 1+N, D]
+        let r = self.attention.forward(crate::precision::layer_norm_f32(
+            &self.layernorm_before,
+            seq,
+        )); // [B*T, 1+N, D]
         let r_cls = r.clone().narrow(1, 0, 1).reshape([b, t, d]).mean_dim(1); // [B, 1, D]
         let r_patch = r
             .narrow(1, 1, n)
@@ -262,7 +268,7 @@ impl<B: Backend> TsLayer<B> {
             .reshape([b, n * t, d]);
         let x = Tensor::cat(vec![cls + r_cls, patches + r_patch], 1);
         // 3. MLP on every token.
-        let h = self.layernorm_after.forward(x.clone());
+        let h = crate::precision::layer_norm_f32(&self.layernorm_after, x.clone());
         let h = cpu::gelu(linear_tokens(&self.intermediate.dense, h));
         x + linear_tokens(&self.output.dense, h)
     }
@@ -358,7 +364,7 @@ impl<B: Backend> Timesformer<B> {
         for layer in &self.encoder.layer {
             x = layer.forward(x, self.num_patches, self.num_frames);
         }
-        self.layernorm.forward(x)
+        crate::precision::layer_norm_f32(&self.layernorm, x)
     }
 
     /// HF's `last_hidden_state` for `pixel_values` `[B, T, C, S, S]`.

@@ -194,7 +194,7 @@ impl<B: Backend> TimesformerVqModel<B> {
         for layer in &dec.layer {
             x = layer.forward(x, n, t);
         }
-        let x = dec.layernorm.forward(x).narrow(1, 1, n * t);
+        let x = crate::precision::layer_norm_f32(&dec.layernorm, x).narrow(1, 1, n * t);
         let features = x
             .reshape([b, n, t, d])
             .swap_dims(1, 2)

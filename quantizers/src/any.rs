@@ -3,7 +3,7 @@
 
 use burn::{
     module::Module,
-    tensor::{Int, Tensor, backend::Backend},
+    tensor::{DType, FloatDType, Int, Tensor, backend::Backend},
 };
 
 use crate::{
@@ -75,8 +75,16 @@ impl<B: Backend> Quantizer<B> for AnyQuantizer<B> {
         dispatch!(self, q => q.ema_codebooks())
     }
 
+    /// Mixed precision (16-bit latents): distances, codes, losses and EMA statistics in f32
+    /// (the codebooks are f32), the quantized rows cast back to the latents' type.
     fn quantize(&self, latents: Tensor<B, 2>, mode: Mode) -> QuantOut<B> {
-        dispatch!(self, q => q.quantize(latents, mode))
+        let dtype = latents.dtype();
+        if !matches!(dtype, DType::BF16 | DType::F16) {
+            return dispatch!(self, q => q.quantize(latents, mode));
+        }
+        let mut out = dispatch!(self, q => q.quantize(latents.cast(FloatDType::F32), mode));
+        out.quantized = out.quantized.cast(dtype);
+        out
     }
 
     fn apply_stats(

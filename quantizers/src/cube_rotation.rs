@@ -5,11 +5,7 @@
 //! `lambda g + c_e e + c_q q` (see [`crate::fused_rotation`] for the formula and the edge cases,
 //! which follow [`crate::cpu_rotation`] operation for operation).
 
-use burn_cubecl::{
-    cubecl,
-    kernel::into_contiguous,
-    ops::numeric::empty_device_contiguous_dtype,
-};
+use burn_cubecl::{cubecl, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype};
 use burn_wgpu::{CubeTensor, Wgpu, WgpuRuntime};
 use cubecl::{calculate_cube_count_elemwise, prelude::*};
 

@@ -115,6 +115,39 @@ pub struct RunConfig {
     /// Checkpoints to keep (older ones are pruned once a newer one is durable).
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
+    /// The autoencoder's compute type in training: `"f32"` (default) or `"bf16"` (mixed
+    /// precision, as the paper's bf16 autocast: see [`Precision`]).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+}
+
+/// `run.precision`: what the autoencoder computes in during training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision: the encoder and decoder compute in bf16 from bf16 copies of the f32
+    /// master weights; normalizations, the quantizer (distances, codes, EMA statistics), the
+    /// losses, the discriminator, gradients and optimizer state stay f32. For GPUs with bf16
+    /// arithmetic (CUDA); the CPU backend runs it too (slower than f32: its fused kernels are
+    /// f32-only); wgpu has no bf16 type. Validation and evaluation compute in f32.
+    Bf16,
+}
+
+impl Precision {
+    fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    /// The compute type.
+    pub fn dtype(self) -> burn::tensor::FloatDType {
+        match self {
+            Precision::F32 => burn::tensor::FloatDType::F32,
+            Precision::Bf16 => burn::tensor::FloatDType::BF16,
+        }
+    }
 }
 
 fn default_output_dir() -> PathBuf {

@@ -31,7 +31,7 @@ pub use checkpoint::{Checkpoints, RngState, TrainState};
 pub use comm::communicator::{CommError, Communicator, SingleProcess};
 pub use config::{
     DataConfig, DataSource, DiscLoss, EvalConfig, MetricWeights, ObjectiveConfig, OptimConfig,
-    Reconstruction, RunConfig, Schedule, TrainConfig, VitVqganObjective, VqganObjective,
+    Precision, Reconstruction, RunConfig, Schedule, TrainConfig, VitVqganObjective, VqganObjective,
 };
 pub use error::TrainError;
 pub use grad_norm::{clip_global_norm, global_norm};

@@ -197,6 +197,18 @@ impl<B: AutodiffBackend> Trainer<B> {
                 ),
             });
         }
+        let compute = cfg.run.precision.dtype();
+        if !B::supports_dtype(&device, compute.into()) {
+            return Err(TrainError::Config {
+                file: PathBuf::from("run.precision"),
+                message: format!(
+                    "key `run.precision` = \"bf16\": this device ({}) has no bf16 arithmetic \
+                     (wgpu's shading languages have no bf16 type): set run.precision = \"f32\", \
+                     or train on a CUDA GPU",
+                    B::name(&device)
+                ),
+            });
+        }
         let run_dir = cfg.run_dir();
         let checkpoints = Checkpoints::new(&run_dir, cfg.run.keep_checkpoints);
         if resume == Resume::Never && comm.rank() == 0 && checkpoints.any() {
@@ -715,7 +727,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         accumulator: &mut GradientsAccumulator<Autoencoder<B>>,
     ) -> Result<Vec<EmaStats<B::InnerBackend>>, TrainError> {
         let k = micro_batches as f32;
-        let fwd = model.forward(x.clone(), Mode::Train);
+        let fwd = model.forward_mixed(x.clone(), Mode::Train, self.cfg.run.precision.dtype());
         self.objective.prepare(&x, self.step, self.comm.as_mut())?;
         let generator =
             self.objective

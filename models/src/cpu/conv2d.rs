@@ -84,8 +84,50 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
                 None => conv.forward(cast(flex_tensor::<4>(x))),
             }
         }
+        Routed::Other(x) if crate::precision::is_half(x.dtype()) => half_reference(conv, x, pad),
         Routed::Other(x) => conv.forward(x),
     }
+}
+
+/// burn's convolution of a 16-bit input (mixed precision), its zero padding made here: burn 0.21
+/// pads asymmetric padding with a tensor of the default float type (f32), which fails with a
+/// "dtype mismatch" on bf16 inputs.
+fn half_reference<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, pad: [usize; 4]) -> Tensor<B, 4> {
+    let mut unpadded = conv.clone();
+    unpadded.padding = PaddingConfig2d::Valid;
+    unpadded.forward(pad_zeros(x, pad))
+}
+
+/// `x` `[n, c, h, w]` with `[top, left, bottom, right]` zeros of its own dtype around it.
+pub(crate) fn pad_zeros<B: Backend>(x: Tensor<B, 4>, [t, l, b, r]: [usize; 4]) -> Tensor<B, 4> {
+    let (dtype, device) = (x.dtype(), x.device());
+    let zeros = |shape: [usize; 4]| Tensor::<B, 4>::zeros(shape, &device).cast(dtype);
+    let [n, c, h, _] = x.dims();
+    let mut x = x;
+    if l + r > 0 {
+        let mut parts = Vec::with_capacity(3);
+        if l > 0 {
+            parts.push(zeros([n, c, h, l]));
+        }
+        parts.push(x);
+        if r > 0 {
+            parts.push(zeros([n, c, h, r]));
+        }
+        x = Tensor::cat(parts, 3);
+    }
+    let w = x.dims()[3];
+    if t + b > 0 {
+        let mut parts = Vec::with_capacity(3);
+        if t > 0 {
+            parts.push(zeros([n, c, t, w]));
+        }
+        parts.push(x);
+        if b > 0 {
+            parts.push(zeros([n, c, b, w]));
+        }
+        x = Tensor::cat(parts, 2);
+    }
+    x
 }
 
 /// `[top, left, bottom, right]` zero padding of `conv` for an input of these dims.

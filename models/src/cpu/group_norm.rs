@@ -50,6 +50,10 @@ fn reference<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 4>, silu: bool) -> Te
 }
 
 fn apply<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 4>, silu: bool) -> Tensor<B, 4> {
+    if crate::precision::is_half(x.dtype()) {
+        // Mixed precision: statistics in f32, as autocast computes group_norm.
+        return crate::precision::in_f32(norm, x, |norm, x| apply(norm, x, silu));
+    }
     let (Some(gamma), Some(beta)) = (&norm.gamma, &norm.beta) else {
         return reference(norm, x, silu);
     };

@@ -42,6 +42,10 @@ pub fn layer_norm<B: Backend, const D: usize>(
     eps: f64,
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
+    if crate::precision::is_half(x.dtype()) {
+        // Mixed precision: statistics in f32, as autocast computes layer_norm.
+        return crate::precision::in_f32(norm, x, |norm, x| layer_norm(norm, eps, x));
+    }
     let Some(beta) = &norm.beta else {
         return norm.forward(x);
     };
