@@ -9,11 +9,12 @@ use trainer::{Resume, TrainConfig, Trainer};
 #[path = "../../models/tests/support/busy_load.rs"]
 mod busy_load;
 use busy_load::Load;
-mod support {
-    pub mod lpips_files;
-    pub mod weights;
-}
-use support::{lpips_files::lpips_files, weights::weights};
+#[path = "support/lpips_files.rs"]
+mod lpips_files;
+#[path = "support/weights.rs"]
+mod weights_support;
+use lpips_files::lpips_files;
+use weights_support::weights;
 
 type B = Autodiff<Flex>;
 
