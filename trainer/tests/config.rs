@@ -21,6 +21,7 @@ fn quickstart_text() -> String {
 
 #[test]
 fn every_shipped_training_config_parses_and_validates() {
+    let _serial = crate::serial();
     let mut checked = 0;
     for sub in ["", "paper"] {
         for entry in std::fs::read_dir(configs_dir().join(sub)).unwrap() {
@@ -47,6 +48,7 @@ fn serde_path_to_error_like(de: toml::Deserializer<'_>, path: &Path) -> TrainCon
 
 #[test]
 fn unknown_key_wrong_type_and_bad_values_name_key_and_file() {
+    let _serial = crate::serial();
     let dir = tempfile::tempdir().unwrap();
     let base = quickstart_text();
     let typo = write(
@@ -118,6 +120,7 @@ fn unknown_key_wrong_type_and_bad_values_name_key_and_file() {
 
 #[test]
 fn overrides_apply() {
+    let _serial = crate::serial();
     let dir = tempfile::tempdir().unwrap();
     // Data paths relative to the repository root.
     let text = quickstart_text().replace(
@@ -166,6 +169,7 @@ fn overrides_apply() {
 /// environment or `--set`.
 #[test]
 fn strict_types_ranges_and_sizes_name_the_key() {
+    let _serial = crate::serial();
     let dir = tempfile::tempdir().unwrap();
     let text = quickstart_text().replace(
         "\"data/",

@@ -160,6 +160,7 @@ fn run(device: bool) -> (Vec<Vec<f32>>, (usize, usize)) {
 
 #[test]
 fn device_buckets_and_the_staged_fallback_give_the_same_mean_gradients() {
+    let _serial = crate::serial();
     let (on_device, calls) = run(true);
     assert_eq!(calls, (1, 0), "one bucket, reduced on the device");
     let (staged, calls) = run(false);

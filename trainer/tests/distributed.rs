@@ -141,6 +141,7 @@ fn folder(dir: &Path) {
 
 #[test]
 fn two_workers_with_half_batches_equal_one_worker() {
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     folder(&data);
@@ -240,6 +241,7 @@ fn run_world_text(world: usize, steps: usize, text: &str, accumulate: usize) -> 
 /// two micro-batches does (the minibatch-stddev groups are the same micro-batches on both).
 #[test]
 fn two_workers_equal_one_worker_with_a_discriminator() {
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("rgb");
     std::fs::create_dir_all(&data).unwrap();

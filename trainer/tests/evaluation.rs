@@ -128,6 +128,7 @@ fn newest_checkpoint(dir: &Path) -> PathBuf {
 
 #[test]
 fn evaluation_reports_every_metric_and_is_the_same_on_two_workers() {
+    let _serial = crate::serial();
     let (tmp, data, weights, sha) = setup();
     let cfg = config(tmp.path(), &data, &weights, &sha);
     let mut t = Trainer::<B>::new(cfg.clone(), Default::default(), Resume::Never).unwrap();
@@ -231,6 +232,7 @@ fn evaluation_reports_every_metric_and_is_the_same_on_two_workers() {
 
 #[test]
 fn a_metric_weight_file_that_is_not_the_pinned_one_is_refused() {
+    let _serial = crate::serial();
     let (tmp, data, weights, sha) = setup();
     let wrong = format!(
         "{}{}",
@@ -256,6 +258,7 @@ fn a_metric_weight_file_that_is_not_the_pinned_one_is_refused() {
 
 #[test]
 fn video_evaluation_reports_fvd_with_a_pinned_i3d() {
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let weights = tmp.path().join("i3d.safetensors");
     let sha = random_weights(&weights, i3d_shapes(), "logits.conv3d.weight");

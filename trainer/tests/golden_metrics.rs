@@ -128,6 +128,7 @@ fn check_case(path: &Path) -> Result<Case, (String, String)> {
 
 #[test]
 fn golden_metrics_match_references() {
+    let _serial = crate::serial();
     let dir = golden_dir();
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
         panic!(

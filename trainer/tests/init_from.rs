@@ -103,6 +103,7 @@ fn sha256(path: &Path) -> String {
 
 #[test]
 fn a_fresh_run_starts_from_a_pytorch_checkpoint_trains_and_its_own_checkpoint_wins() {
+    let _serial = crate::serial();
     let want = expected();
     assert_eq!(
         sha256(&fixture()),
@@ -194,6 +195,7 @@ fn a_fresh_run_starts_from_a_pytorch_checkpoint_trains_and_its_own_checkpoint_wi
 
 #[test]
 fn a_checkpoint_that_does_not_fit_is_refused_naming_the_file_and_the_keys() {
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     rgb_folder(&tmp.path().join("rgb"));
     let err = |z: usize, attn: &str| {
@@ -225,6 +227,7 @@ fn a_checkpoint_that_does_not_fit_is_refused_naming_the_file_and_the_keys() {
 
 #[test]
 fn a_missing_init_from_file_is_a_config_error_naming_the_key() {
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     rgb_folder(&tmp.path().join("rgb"));
     let missing = tmp.path().join("nowhere/vqgan.ckpt");

@@ -13,3 +13,12 @@ mod init_from;
 mod tensorboard;
 mod training;
 mod video;
+
+/// burn's backend RNG is process-global: these tests compare runs from one seed and draw weights
+/// of their own, so they take turns (as they did when each file was its own process; the
+/// trainer's own seeding lock covers only its initialization, not a test's draws).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}

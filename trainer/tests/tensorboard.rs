@@ -16,6 +16,7 @@ fn repo() -> &'static Path {
 
 #[test]
 fn tensorboard_reads_rotors_scalars_and_sample_grids() {
+    let _serial = crate::serial();
     let python = repo().join(".venv-tools/bin/python");
     assert!(
         python.exists(),

@@ -18,14 +18,6 @@ use weights_support::weights;
 
 type B = Autodiff<Flex>;
 
-/// The tests of this file compare runs that start from the same seed; the backend's RNG is
-/// process-global, so they take turns rather than draw from it concurrently.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn synthetic_folder(dir: &Path, n: usize) {
     for i in 0..n {
         let img = image::GrayImage::from_fn(28, 28, |x, y| {
@@ -112,7 +104,7 @@ fn synthetic_source(dir: &Path) -> String {
 
 #[test]
 fn resumed_run_matches_uninterrupted_run() {
-    let _serial = serial();
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let src = synthetic_source(tmp.path());
     // EMA with dead-code restart: the quantizer RNG must be restored too.
@@ -209,7 +201,7 @@ fn resumed_run_matches_uninterrupted_run() {
 /// every convolution's weight gradient over 8 tasks.
 #[test]
 fn same_seed_gives_the_same_bits_on_any_thread_count_under_load() {
-    let _serial = serial();
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let src = synthetic_source(tmp.path());
     let extra = "codebook = { kind = \"ema\", decay = 0.8 }";
@@ -283,7 +275,7 @@ fn listing(dir: &Path) -> Vec<(String, u64)> {
 /// checkpoint that does not verify.
 #[test]
 fn damaged_checkpoints_are_never_overwritten_or_pruned() {
-    let _serial = serial();
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let src = synthetic_source(tmp.path());
     let out = tmp.path().join("out");
@@ -372,6 +364,7 @@ fn damaged_checkpoints_are_never_overwritten_or_pruned() {
 /// A global batch larger than the training set fails before anything is written, naming the key.
 #[test]
 fn a_batch_larger_than_the_training_set_is_refused() {
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let src = synthetic_source(tmp.path());
     let mut cfg = config(&tmp.path().join("out"), &src, 5, "");
@@ -397,7 +390,7 @@ fn repo() -> PathBuf {
 
 #[test]
 fn short_real_training_on_fashion_mnist_lowers_the_loss_and_reports_usage() {
-    let _serial = serial();
+    let _serial = crate::serial();
     let fm = repo().join("data/fashion-mnist");
     assert!(
         fm.join("train-images-idx3-ubyte.gz").exists(),
@@ -465,7 +458,7 @@ fn short_real_training_on_fashion_mnist_lowers_the_loss_and_reports_usage() {
 /// with random values: there are no real weights offline.
 #[test]
 fn vqgan_objective_trains_generator_and_discriminator_and_resumes() {
-    let _serial = serial();
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("rgb");
     std::fs::create_dir_all(&data).unwrap();
@@ -594,7 +587,7 @@ betas = [0.5, 0.9]
 /// a checkpoint ends with the same bits as one that was never interrupted.
 #[test]
 fn vit_vqgan_objective_trains_with_r1_and_resumes_exactly() {
-    let _serial = serial();
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("rgb");
     rgb_folder(&data);
@@ -735,7 +728,7 @@ fn rgb_folder(dir: &Path) {
 /// threads on a loaded machine.
 #[test]
 fn vit_vqgan_gives_the_same_bits_on_any_thread_count_under_load() {
-    let _serial = serial();
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("rgb");
     rgb_folder(&data);
@@ -782,7 +775,7 @@ fn vit_vqgan_gives_the_same_bits_on_any_thread_count_under_load() {
 #[test]
 fn bf16_mixed_precision_tracks_f32_and_updates_the_master_weights() {
     use burn::{module::Module, tensor::DType};
-    let _serial = serial();
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("rgb");
     rgb_folder(&data);

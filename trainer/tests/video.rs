@@ -34,12 +34,6 @@ use weights_support::weights;
 
 type B = Autodiff<Flex>;
 
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -66,6 +60,7 @@ fn frame_bytes(frames: &[image::DynamicImage]) -> Vec<u8> {
 
 #[test]
 fn bair_records_read_as_an_independent_writer_wrote_them() {
+    let _serial = crate::serial();
     let expected: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(bair_fixture().join("expected.json")).unwrap(),
     )
@@ -149,6 +144,7 @@ fn all_frames(i: usize) -> Vec<image::DynamicImage> {
 
 #[test]
 fn corrupt_bair_records_are_reported_counted_and_skipped() {
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("train");
     std::fs::create_dir_all(&dir).unwrap();
@@ -246,6 +242,7 @@ fn prepared() -> &'static Path {
 
 #[test]
 fn prepare_video_decodes_real_videos_resumably_and_skips_unreadable_ones() {
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     // A UCF-101-style tree: Class/v_Class_gXX_cYY.avi, official-style split lists, an
     // unreadable video and one in no list.
@@ -336,6 +333,7 @@ fn prepare_video_decodes_real_videos_resumably_and_skips_unreadable_ones() {
 
 #[test]
 fn video_folder_clips_are_the_shards_frames() {
+    let _serial = crate::serial();
     let dir = prepared();
     // vtest: 795 frames; 8 frames at stride 2 span 15; windows every 15 frames: 53; bikes: 16.
     let s = spec(8, 2, 15);
@@ -523,7 +521,7 @@ fn trains_and_resumes_exactly(source: &str, model: &str, steps: usize) -> Vec<se
 
 #[test]
 fn conv3d_vqgan_trains_on_prepared_videos_and_resumes_exactly() {
-    let _s = serial();
+    let _serial = crate::serial();
     let lines = trains_and_resumes_exactly(&prepared_source(), "conv3d", 8);
     let train: Vec<_> = lines.iter().filter(|l| l.get("split").is_none()).collect();
     assert_eq!(train.len(), 8);
@@ -545,7 +543,7 @@ fn conv3d_vqgan_trains_on_prepared_videos_and_resumes_exactly() {
 
 #[test]
 fn timesformer_vqgan_trains_on_bair_records_and_resumes_exactly() {
-    let _s = serial();
+    let _serial = crate::serial();
     let lines = trains_and_resumes_exactly(&bair_source(), "timesformer", 6);
     let train: Vec<_> = lines.iter().filter(|l| l.get("split").is_none()).collect();
     assert_eq!(train.len(), 6);
@@ -562,7 +560,7 @@ fn timesformer_vqgan_trains_on_bair_records_and_resumes_exactly() {
 /// TimeSformer's attention: the same bits with 1 and 3 threads on a loaded machine.
 #[test]
 fn video_training_gives_the_same_bits_on_any_thread_count_under_load() {
-    let _s = serial();
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let _load = Load::start(2);
     for model in ["conv3d", "timesformer"] {
@@ -596,6 +594,7 @@ fn video_training_gives_the_same_bits_on_any_thread_count_under_load() {
 
 #[test]
 fn video_configs_refuse_mismatched_frames_and_image_models() {
+    let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let text = video_config(tmp.path(), &bair_source(), "x", "conv3d", 3);
     let err = TrainConfig::from_toml(
@@ -624,6 +623,7 @@ fn video_configs_refuse_mismatched_frames_and_image_models() {
 /// (1,140,803 without the codebook, as that script prints).
 #[test]
 fn the_benchmarked_conv3d_vqgan_has_the_pytorch_sides_parameter_count() {
+    let _serial = crate::serial();
     let text = std::fs::read_to_string(repo().join("bench/video_3dconv.toml")).unwrap();
     let cfg: TrainConfig = toml::from_str(&text).unwrap();
     let model = cfg.model.init::<Flex>(&Default::default()).unwrap();
