@@ -9,8 +9,7 @@ use trainer::{
     ring::{TcpRing, bind},
 };
 
-#[path = "support/weights.rs"]
-mod weights_support;
+use crate::weights_support;
 use weights_support::weights;
 
 type B = Autodiff<Flex>;

@@ -2,6 +2,12 @@
 //! (its own doc comment says what it covers). `cargo test -p trainer --test integration
 //! training::` runs one file's tests.
 
+// Support shared by several modules.
+#[path = "../../models/tests/support/busy_load.rs"]
+mod busy_load;
+#[path = "support/weights.rs"]
+mod weights_support;
+
 mod config;
 mod data;
 mod device_collectives;

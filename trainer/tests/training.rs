@@ -6,13 +6,11 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, Flex};
 use trainer::{Resume, TrainConfig, Trainer};
 
-#[path = "../../models/tests/support/busy_load.rs"]
-mod busy_load;
+use crate::busy_load;
 use busy_load::Load;
 #[path = "support/lpips_files.rs"]
 mod lpips_files;
-#[path = "support/weights.rs"]
-mod weights_support;
+use crate::weights_support;
 use lpips_files::lpips_files;
 use weights_support::weights;
 

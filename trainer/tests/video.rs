@@ -24,12 +24,10 @@ use trainer::{
     },
 };
 
-#[path = "../../models/tests/support/busy_load.rs"]
-mod busy_load;
+use crate::busy_load;
 use busy_load::Load;
 
-#[path = "support/weights.rs"]
-mod weights_support;
+use crate::weights_support;
 use weights_support::weights;
 
 type B = Autodiff<Flex>;
