@@ -12,7 +12,7 @@ use busy_load::Load;
 mod lpips_files;
 use crate::weights_support;
 use lpips_files::lpips_files;
-use weights_support::weights;
+use weights_support::{weight_tensors, weights};
 
 type B = Autodiff<Flex>;
 
@@ -772,7 +772,7 @@ fn vit_vqgan_gives_the_same_bits_on_any_thread_count_under_load() {
 /// weights stay f32.
 #[test]
 fn bf16_mixed_precision_tracks_f32_and_updates_the_master_weights() {
-    use burn::{module::Module, tensor::DType};
+    use burn::tensor::DType;
     let _serial = crate::serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("rgb");
@@ -824,30 +824,14 @@ lr = 2e-3
             data = data.display(),
         )
     };
-    let flat = |m: &trainer::models::Autoencoder<B>| -> Vec<(DType, Vec<f32>)> {
-        struct Collect(Vec<(DType, Vec<f32>)>);
-        impl burn::module::ModuleVisitor<B> for Collect {
-            fn visit_float<const D: usize>(
-                &mut self,
-                p: &burn::module::Param<burn::tensor::Tensor<B, D>>,
-            ) {
-                let t = p.val();
-                self.0
-                    .push((t.dtype(), t.into_data().convert::<f32>().to_vec().unwrap()));
-            }
-        }
-        let mut c = Collect(Vec::new());
-        m.visit(&mut c);
-        c.0
-    };
     let mut runs = Vec::new();
     for precision in ["f32", "bf16"] {
         let cfg =
             TrainConfig::from_toml(&text(precision, precision)).unwrap_or_else(|e| panic!("{e}"));
         let mut t = Trainer::<B>::new(cfg, Default::default(), Resume::Never).unwrap();
-        let init = flat(t.model());
+        let init = weight_tensors(&t);
         t.train_until(8).unwrap();
-        let end = flat(t.model());
+        let end = weight_tensors(&t);
         runs.push((losses(&tmp.path().join(precision)), init, end));
     }
     let (f32_loss, f32_init, f32_end) = &runs[0];

@@ -100,34 +100,29 @@ fn half_reference<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, pad: [usize; 4]
 
 /// `x` `[n, c, h, w]` with `[top, left, bottom, right]` zeros of its own dtype around it.
 pub(crate) fn pad_zeros<B: Backend>(x: Tensor<B, 4>, [t, l, b, r]: [usize; 4]) -> Tensor<B, 4> {
-    let (dtype, device) = (x.dtype(), x.device());
-    let zeros = |shape: [usize; 4]| Tensor::<B, 4>::zeros(shape, &device).cast(dtype);
-    let [n, c, h, _] = x.dims();
-    let mut x = x;
-    if l + r > 0 {
-        let mut parts = Vec::with_capacity(3);
-        if l > 0 {
-            parts.push(zeros([n, c, h, l]));
-        }
-        parts.push(x);
-        if r > 0 {
-            parts.push(zeros([n, c, h, r]));
-        }
-        x = Tensor::cat(parts, 3);
+    pad_dim(pad_dim(x, 3, l, r), 2, t, b)
+}
+
+/// `x` with `before` and `after` zeros of its own dtype along `dim`.
+fn pad_dim<B: Backend>(x: Tensor<B, 4>, dim: usize, before: usize, after: usize) -> Tensor<B, 4> {
+    if before + after == 0 {
+        return x;
     }
-    let w = x.dims()[3];
-    if t + b > 0 {
-        let mut parts = Vec::with_capacity(3);
-        if t > 0 {
-            parts.push(zeros([n, c, t, w]));
-        }
-        parts.push(x);
-        if b > 0 {
-            parts.push(zeros([n, c, b, w]));
-        }
-        x = Tensor::cat(parts, 2);
+    let (dtype, device, dims) = (x.dtype(), x.device(), x.dims());
+    let zeros = |len: usize| {
+        let mut shape = dims;
+        shape[dim] = len;
+        Tensor::<B, 4>::zeros(shape, &device).cast(dtype)
+    };
+    let mut parts = Vec::with_capacity(3);
+    if before > 0 {
+        parts.push(zeros(before));
     }
-    x
+    parts.push(x);
+    if after > 0 {
+        parts.push(zeros(after));
+    }
+    Tensor::cat(parts, dim)
 }
 
 /// `[top, left, bottom, right]` zero padding of `conv` for an input of these dims.
